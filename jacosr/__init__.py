@@ -1,0 +1,1 @@
+"""jacosr: open-set recognition by the Jacobian norm of the representation (JAX / Flax NNX)."""

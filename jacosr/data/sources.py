@@ -1,0 +1,133 @@
+"""Labelled sources: where the images come from, before any open-set split.
+
+A source is a function ``(data_dir) -> LabelledSource`` in the typed registry ``SOURCES``. It
+returns the source's own train and test partitions with its original class indices; the open-set
+builder (:mod:`jacosr.data.openset`) chooses known and unknown classes from them.
+
+Images are NHWC. Small in-memory sources (``digits``, ``toy2d``) hold float32 in [-1, 1]; image
+sources hold uint8 in [0, 255]. :func:`jacosr.data.to_float` maps both to float32 in [-1, 1], and
+is meant to run inside jitted code so uint8 data can stay resident on the device.
+
+Sources and where their data lives (``data_dir`` defaults to ``~/.cache/jacosr``):
+
+  digits, toy2d            in memory, nothing to prepare
+  mnist, cifar10, cifar100, svhn_cropped, imagenet_resized/32x32
+                           TFDS, built by ``python -m jacosr.data.prepare <name>`` into
+                           ``<data_dir>/tfds`` (:mod:`jacosr.data.tfds_sources`)
+  tinyimagenet             ``<data_dir>/tiny-imagenet-200`` (:mod:`jacosr.data.folders`)
+  imagenet_crop, imagenet_resize, lsun_crop, lsun_resize
+                           ODIN's out-of-distribution folders, test only (same module)
+
+Every image source is decoded once and cached as uint8 arrays in ``<data_dir>/cache``
+(:mod:`jacosr.data.labelled`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+
+from jacosr.data.folders import OOD_FOLDERS, read_ood_folder, read_tinyimagenet
+from jacosr.data.labelled import LabelledSource, cached_source
+from jacosr.data.tfds_sources import TFDS_NAMES, read_tfds
+
+# The digits and toy2d train/test partitions are fixed (not the experiment's seed), so that the
+# test set of a source never changes between runs; the experiment seed only picks known-val.
+_PARTITION_SEED = 20240501
+_DIGITS_TEST_FRACTION = 0.3
+
+
+def _stratified_partition(y: np.ndarray, test_fraction: float, seed: int) -> np.ndarray:
+    """Boolean mask of test samples, ``test_fraction`` of each class (rounded), seeded."""
+    rng = np.random.default_rng(seed)
+    is_test = np.zeros(len(y), dtype=bool)
+    for c in np.unique(y):
+        idx = np.flatnonzero(y == c)
+        n_test = round(test_fraction * len(idx))
+        is_test[rng.permutation(idx)[:n_test]] = True
+    return is_test
+
+
+def source_digits(data_dir: Path | None = None) -> LabelledSource:
+    """scikit-learn's bundled handwritten digits: 1,797 real 8x8 grey images, 10 classes.
+
+    Works offline (the data ships inside scikit-learn). Pixel values 0..16 are mapped to
+    [-1, 1]; 30% of each class is held out as the test partition with a fixed seed.
+    """
+    from sklearn.datasets import load_digits
+
+    del data_dir
+    bunch = load_digits()
+    x = (bunch.images.astype(np.float32) / 8.0 - 1.0)[..., None]
+    y = bunch.target.astype(np.int32)
+    is_test = _stratified_partition(y, _DIGITS_TEST_FRACTION, _PARTITION_SEED)
+    return LabelledSource("digits", x[~is_test], y[~is_test], x[is_test], y[is_test], 10)
+
+
+TOY2D_CLASSES = 8
+_TOY2D_PER_CLASS = {"train": 300, "test": 100}
+
+
+def toy2d_centres(num_classes: int = TOY2D_CLASSES) -> np.ndarray:
+    """``[num_classes, 2]`` class centres of ``toy2d``: evenly spaced on a circle of radius 0.6."""
+    angle = 2 * np.pi * np.arange(num_classes) / num_classes
+    return 0.6 * np.stack([np.cos(angle), np.sin(angle)], axis=1)
+
+
+def source_toy2d(data_dir: Path | None = None) -> LabelledSource:
+    """Synthetic 2-D classes inside [-1, 1]^2, for drawing the input space.
+
+    Eight isotropic Gaussian blobs (std 0.1) centred on a circle of radius 0.6, clipped to the
+    square. A point is stored as a 1x1 "image" with 2 channels, ``[N, 1, 1, 2]``, so every source
+    is NHWC; ``x[:, 0, 0, :]`` gives the plane coordinates.
+    """
+    del data_dir
+    rng = np.random.default_rng(_PARTITION_SEED)
+    centres = toy2d_centres()
+
+    def draw(per_class: int) -> tuple[np.ndarray, np.ndarray]:
+        y = np.repeat(np.arange(TOY2D_CLASSES, dtype=np.int32), per_class)
+        x = centres[y] + 0.1 * rng.standard_normal((len(y), 2))
+        return np.clip(x, -1.0, 1.0).astype(np.float32)[:, None, None, :], y
+
+    train_x, train_y = draw(_TOY2D_PER_CLASS["train"])
+    test_x, test_y = draw(_TOY2D_PER_CLASS["test"])
+    return LabelledSource("toy2d", train_x, train_y, test_x, test_y, TOY2D_CLASSES)
+
+
+def source_tfds(name: str, data_dir: Path | None = None) -> LabelledSource:
+    """A TFDS data set (one of ``TFDS_NAMES``) as uint8 images, from the cache or TFDS files."""
+    return cached_source(name, data_dir, partial(read_tfds, name, data_dir))
+
+
+def source_tinyimagenet(data_dir: Path | None = None) -> LabelledSource:
+    """TinyImageNet, 200 classes of 64x64 uint8 images, from the cache or its folder."""
+    return cached_source("tinyimagenet", data_dir, partial(read_tinyimagenet, data_dir))
+
+
+def source_ood_folder(name: str, data_dir: Path | None = None) -> LabelledSource:
+    """An out-of-distribution test set (one of ``OOD_FOLDERS``), from the cache or its folder."""
+    return cached_source(name, data_dir, partial(read_ood_folder, name, data_dir))
+
+
+SOURCES: dict[str, Callable[[Path | None], LabelledSource]] = {
+    "digits": source_digits,
+    "toy2d": source_toy2d,
+    **{name: partial(source_tfds, name) for name in TFDS_NAMES},
+    "tinyimagenet": source_tinyimagenet,
+    **{name: partial(source_ood_folder, name) for name in OOD_FOLDERS},
+}
+# The sources that read files from the data directory (and so have something to prepare).
+PREPARED_SOURCES = (*TFDS_NAMES, "tinyimagenet", *OOD_FOLDERS)
+
+
+def load_source(name: str, data_dir: Path | None = None) -> LabelledSource:
+    """Load the source ``name`` from the registry; an unknown name lists the valid ones."""
+    if name not in SOURCES:
+        raise ValueError(
+            f"unknown data set {name!r}; valid data sets are: {', '.join(sorted(SOURCES))}"
+        )
+    return SOURCES[name](data_dir)

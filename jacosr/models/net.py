@@ -1,0 +1,129 @@
+"""The open-set network: backbone -> representation f -> class head (+ rotation head)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import jax
+from flax import nnx
+
+from jacosr.models.heads import NORMALISED_HEADS, ClassHead, unit_normalise
+from jacosr.models.lenet import LeNet
+from jacosr.models.mlp import MLP
+
+BACKBONES: dict[str, Callable[..., nnx.Module]] = {
+    "mlp": MLP,
+    "lenet": LeNet,
+}
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture.
+
+    Attributes:
+      backbone: backbone name (see ``jacosr.models.BACKBONES``).
+      embed_dim: size of the representation f (VGG32's is 128; the MLP and LeNet project to it).
+      width: hidden width of the MLP and of LeNet's dense layer.
+    """
+
+    backbone: str = "mlp"
+    embed_dim: int = 128
+    width: int = 256
+
+
+class Outputs(NamedTuple):
+    """What the network computes for a batch.
+
+    ``embedding``: ``[B, D]`` the representation f (unit-normalised for normalised heads).
+    ``logits``: ``[B, K]`` class scores of the head's kind (see :mod:`jacosr.models.heads`).
+    ``rotation_logits``: ``[B, 4]`` rotation-head logits, or None without a rotation head.
+    """
+
+    embedding: jax.Array
+    logits: jax.Array
+    rotation_logits: jax.Array | None
+
+
+class OpenSetNet(nnx.Module):
+    """Backbone, optional unit normalisation (the paper's "N"), class head, rotation head."""
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        *,
+        image_shape: tuple[int, ...],
+        num_classes: int,
+        head: str,
+        rotation_head: bool = False,
+        rngs: nnx.Rngs,
+    ):
+        if config.backbone not in BACKBONES:
+            raise ValueError(
+                f"unknown backbone {config.backbone!r}; "
+                f"valid backbones are: {', '.join(sorted(BACKBONES))}"
+            )
+        kwargs = {"width": config.width} if config.backbone in ("mlp", "lenet") else {}
+        self.backbone = BACKBONES[config.backbone](
+            tuple(image_shape), config.embed_dim, rngs=rngs, **kwargs
+        )
+        dim = self.backbone.out_dim
+        self.normalise = head in NORMALISED_HEADS
+        self.head = ClassHead(dim, num_classes, head, rngs=rngs)
+        self.rotation = nnx.Linear(dim, 4, rngs=rngs) if rotation_head else None
+
+    def __call__(
+        self, x: jax.Array, *, train: bool = False, key: jax.Array | None = None
+    ) -> Outputs:
+        """``x: [B, H, W, C]`` float32 in [-1, 1]; ``key`` drives dropout when ``train``."""
+        f = self.backbone(x, train=train, key=key)
+        if self.normalise:
+            f = unit_normalise(f)
+        rot = self.rotation(f) if self.rotation is not None else None
+        return Outputs(f, self.head(f), rot)
+
+
+class ModelState(NamedTuple):
+    """The arrays of an :class:`OpenSetNet`: ``params`` (trained) and ``batch_stats`` (BN)."""
+
+    params: nnx.State
+    batch_stats: nnx.State
+
+
+def split_model(model: OpenSetNet) -> tuple[nnx.GraphDef, ModelState]:
+    """Split a model into its static graph and its arrays (a pytree for jit, optax, Orbax)."""
+    graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+    return graphdef, ModelState(params, batch_stats)
+
+
+def apply_model(
+    graphdef: nnx.GraphDef,
+    state: ModelState,
+    x: jax.Array,
+    *,
+    train: bool = False,
+    key: jax.Array | None = None,
+) -> tuple[Outputs, nnx.State]:
+    """Pure forward pass: ``(graphdef, state, x) -> (Outputs, new batch_stats)``.
+
+    In train mode BatchNorm uses batch statistics and updates its running averages (returned);
+    in eval mode it uses the running averages and the returned batch_stats equal the input.
+    """
+    model = nnx.merge(graphdef, state.params, state.batch_stats, copy=True)
+    out = model(x, train=train, key=key)
+    return out, nnx.state(model, nnx.BatchStat)
+
+
+def embedding_fn(graphdef: nnx.GraphDef, state: ModelState) -> Callable[[jax.Array], jax.Array]:
+    """The representation as a pure function of ONE unbatched input, in eval mode.
+
+    ``f(x: [H, W, C]) -> [D]``, with BatchNorm running statistics and no dropout: the function
+    the Jacobian engine (:mod:`jacosr.jacobian`) differentiates.
+    """
+
+    def f(x: jax.Array) -> jax.Array:
+        return apply_model(graphdef, state, x[None], train=False)[0].embedding[0]
+
+    return f
