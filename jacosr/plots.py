@@ -1,0 +1,79 @@
+"""Matplotlib figures, one function per figure kind. Each returns a Figure; callers save it.
+
+Figures are built as ``matplotlib.figure.Figure`` objects, not through pyplot, so nothing here
+touches global matplotlib state or needs a display.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+from matplotlib.figure import Figure
+
+KNOWN_COLOUR = "tab:blue"
+UNKNOWN_COLOUR = "tab:red"
+
+
+def plot_norm_histograms(norms: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> Figure:
+    """Histograms of per-sample Jacobian norms of known and unknown test samples (Fig. 2).
+
+    ``norms``: panel title -> ``(known_norms [N_k], unknown_norms [N_u])``, e.g. before and
+    after training. Each panel has its own x-range (norms change scale during training).
+    """
+    fig = Figure(figsize=(5 * len(norms), 3.6), layout="tight")
+    axes = fig.subplots(1, len(norms), squeeze=False)
+    for ax, (title, (known, unknown)) in zip(axes[0], norms.items(), strict=True):
+        bins = np.histogram_bin_edges(np.concatenate([known, unknown]), bins=40)
+        for values, colour, label in (
+            (known, KNOWN_COLOUR, "known"),
+            (unknown, UNKNOWN_COLOUR, "unknown"),
+        ):
+            ax.hist(
+                values,
+                bins=bins,
+                density=True,
+                alpha=0.55,
+                color=colour,
+                label=f"{label} (mean {np.mean(values):.3g})",
+            )
+            ax.axvline(np.mean(values), color=colour, linestyle="--", linewidth=1)
+        ax.set_title(title)
+        ax.set_xlabel(r"$\|\partial f / \partial x\|_F$")
+        ax.set_ylabel("density")
+        ax.legend(frameon=False)
+    return fig
+
+
+def plot_path_profiles(
+    ts: np.ndarray,
+    profiles: Mapping[str, np.ndarray],
+    levels: Mapping[str, tuple[np.ndarray, np.ndarray]],
+) -> Figure:
+    """Jacobian norm along interpolation paths between known classes (Fig. 3).
+
+    ``profiles``: panel title -> ``[P, T]`` norms at ``ts`` for P paths, drawn as the mean with
+    the interquartile band. ``levels``: panel title -> ``(known_norms, unknown_norms)`` of the
+    test samples, drawn as horizontal reference bands (interquartile range, median line).
+    """
+    fig = Figure(figsize=(5 * len(profiles), 3.6), layout="tight")
+    axes = fig.subplots(1, len(profiles), squeeze=False)
+    for ax, (title, norms) in zip(axes[0], profiles.items(), strict=True):
+        for values, colour, label in zip(
+            levels[title],
+            (KNOWN_COLOUR, UNKNOWN_COLOUR),
+            ("known test", "unknown test"),
+            strict=True,
+        ):
+            lo, mid, hi = np.percentile(values, [25, 50, 75])
+            ax.axhspan(lo, hi, color=colour, alpha=0.15, label=f"{label} (IQR)")
+            ax.axhline(mid, color=colour, linewidth=1, linestyle="--")
+        lo, hi = np.percentile(norms, [25, 75], axis=0)
+        ax.fill_between(ts, lo, hi, color="black", alpha=0.2, label="paths (IQR)")
+        ax.plot(ts, norms.mean(axis=0), color="black", linewidth=2, label="paths (mean)")
+        ax.set_title(title)
+        ax.set_xlabel(r"$t$ in $x_t = (1-t)\,x_0 + t\,x_1$ (classes $i \to j$)")
+        ax.set_ylabel(r"$\|\partial f / \partial x\|_F$")
+        ax.set_xlim(ts[0], ts[-1])
+        ax.legend(frameon=False, fontsize=8, loc="best")
+    return fig
