@@ -172,10 +172,10 @@ def open_set_split(
     classes, mismatched images, a test-only known source, and any empty split.
     """
     other = unknown_source if unknown_source is not None else source
+    _check_compatible(source, other)
     known, unknown = _check_classes(
         source, tuple(known), None if unknown is None else tuple(unknown), other
     )
-    _check_compatible(source, other)
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
     rng = np.random.default_rng(seed)

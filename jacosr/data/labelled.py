@@ -1,0 +1,159 @@
+"""The labelled-source type, its on-disk cache, and resizing.
+
+A prepared image source is cached as one uncompressed ``.npz`` of uint8 arrays in
+``<data_dir>/cache/<name>.npz`` (a ``/`` in the name becomes ``-``). The cache is written to a
+temporary file and renamed into place, so an interrupted write never leaves a partial cache under
+the real name; an unreadable or inconsistent cache is reported with a warning, ignored and rebuilt
+from the raw data.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+DEFAULT_DATA_DIR = Path("~/.cache/jacosr").expanduser()
+CACHE_FORMAT = 1
+_ARRAYS = ("train_x", "train_y", "test_x", "test_y")
+
+
+@dataclass(frozen=True)
+class LabelledSource:
+    """A labelled data set with a fixed train/test partition.
+
+    Attributes:
+      name: registry name, e.g. ``"digits"``.
+      train_x, test_x: ``[N, H, W, C]`` float32 in [-1, 1] or uint8 in [0, 255].
+      train_y, test_y: ``[N]`` int32 original class indices in ``0..num_classes-1``.
+      num_classes: number of classes of the source.
+
+    An out-of-distribution test set (Protocol B) has an empty train partition (``N = 0``) and a
+    single class 0.
+    """
+
+    name: str
+    train_x: np.ndarray
+    train_y: np.ndarray
+    test_x: np.ndarray
+    test_y: np.ndarray
+    num_classes: int
+
+
+class DataNotPreparedError(FileNotFoundError):
+    """A data set is not on disk yet; the message says how to get it and which command prepares
+    it."""
+
+
+def prepare_command(name: str) -> str:
+    """The shell command that prepares the source ``name``."""
+    return f"python -m jacosr.data.prepare {name}"
+
+
+def cache_path(data_dir: Path | None, name: str) -> Path:
+    """Where the decoded uint8 arrays of source ``name`` are cached."""
+    return Path(data_dir or DEFAULT_DATA_DIR) / "cache" / f"{name.replace('/', '-')}.npz"
+
+
+def save_cache(source: LabelledSource, path: Path) -> None:
+    """Write ``source`` to ``path`` atomically (temporary file, then rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            np.savez(
+                f,
+                format=np.int64(CACHE_FORMAT),
+                num_classes=np.int64(source.num_classes),
+                **{k: getattr(source, k) for k in _ARRAYS},
+            )
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _check_cache(arrays: dict[str, np.ndarray], num_classes: int) -> None:
+    for part in ("train", "test"):
+        x, y = arrays[f"{part}_x"], arrays[f"{part}_y"]
+        if x.ndim != 4 or x.dtype != np.uint8:
+            raise ValueError(f"{part}_x is {x.dtype}{list(x.shape)}, expected uint8 [N, H, W, C]")
+        if y.shape != (len(x),) or y.dtype != np.int32:
+            raise ValueError(f"{part}_y is {y.dtype}{list(y.shape)}, expected int32 [{len(x)}]")
+        if len(y) and not (0 <= y.min() and y.max() < num_classes):
+            raise ValueError(f"{part}_y has labels outside 0..{num_classes - 1}")
+
+
+def load_cache(path: Path, name: str) -> LabelledSource | None:
+    """The cached source at ``path``, or None when there is no usable cache (with a warning
+    when a cache exists but cannot be read)."""
+    if not path.exists():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if int(z["format"]) != CACHE_FORMAT:
+                raise ValueError(f"cache format {int(z['format'])}, expected {CACHE_FORMAT}")
+            num_classes = int(z["num_classes"])
+            arrays = {k: z[k] for k in _ARRAYS}
+        _check_cache(arrays, num_classes)
+    except (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile) as err:
+        warnings.warn(
+            f"ignoring the unreadable cache {path} ({type(err).__name__}: {err}); "
+            "it will be rebuilt from the raw data",
+            stacklevel=2,
+        )
+        return None
+    return LabelledSource(name, num_classes=num_classes, **arrays)
+
+
+def cached_source(
+    name: str, data_dir: Path | None, build: Callable[[], LabelledSource]
+) -> LabelledSource:
+    """Read source ``name`` from its cache, or ``build()`` it from the raw data and cache it."""
+    path = cache_path(data_dir, name)
+    source = load_cache(path, name)
+    if source is None:
+        source = build()
+        save_cache(source, path)
+    return source
+
+
+def resize_images(x: np.ndarray, size: int) -> np.ndarray:
+    """``[N, H, W, C]`` uint8 -> ``[N, size, size, C]`` uint8 with Pillow's bilinear filter.
+
+    This is what torchvision's ``Resize((size, size))`` does to PIL images (the ARPL code base's
+    preprocessing): antialiased when shrinking, plain bilinear when enlarging.
+    """
+    from PIL import Image
+
+    if x.dtype != np.uint8 or x.ndim != 4:
+        raise ValueError(f"resizing needs uint8 [N, H, W, C] images, got {x.dtype}{list(x.shape)}")
+    if x.shape[1:3] == (size, size):
+        return x
+    out = np.empty((len(x), size, size, x.shape[3]), dtype=np.uint8)
+    for i, img in enumerate(x):
+        pil = Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img)
+        out[i] = np.asarray(pil.resize((size, size), Image.Resampling.BILINEAR)).reshape(
+            size, size, -1
+        )
+    return out
+
+
+def resize_source(source: LabelledSource, size: int) -> LabelledSource:
+    """``source`` with every image resized to ``size x size`` (see :func:`resize_images`)."""
+    if source.train_x.shape[1:3] == (size, size) and source.test_x.shape[1:3] == (size, size):
+        return source
+    if source.test_x.dtype != np.uint8:
+        raise ValueError(
+            f"{source.name!r} holds {source.test_x.dtype} points, not uint8 images; "
+            "only image sources can be resized (leave image_size unset)"
+        )
+    return replace(
+        source,
+        train_x=resize_images(source.train_x, size),
+        test_x=resize_images(source.test_x, size),
+    )
