@@ -1,42 +1,284 @@
-"""Unknown-class scores from model outputs. Convention: higher = more likely unknown, always.
+"""Unknown-class scores. Convention: higher = more likely unknown, always.
 
-Each score is ``score_fn(outputs, loss_config) -> [B]`` in the typed registry ``SCORES``.
+Some scores look only at the network's outputs of the samples they score (the loss score,
+MSP, max-logit, energy); others must first be fitted on the known training data (OpenMax,
+maximum cosine similarity to the class means) or need the model itself (the Jacobian norm).
+One interface serves all of them: a registered :class:`ScoreSpec` builds, from a
+:class:`ScoreContext` (the loss config, the model's pure embedding function and, when the
+score asks for it, the eval-mode outputs on known-train), a scorer
+
+    scorer(outputs: Outputs of [B] samples, x: [B, H, W, C] float32 in [-1, 1]) -> [B]
+
+that is then applied to known-val, known-test and unknown-test alike, so whatever is fitted is
+fitted once. The array-level score functions (``score_*``) are pure and usable on their own.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+from scipy.special import logsumexp
+from scipy.stats import weibull_min
 
+from jacosr import jacobian
 from jacosr.losses import LossConfig, loss_spec, per_sample_loss
-from jacosr.models import Outputs
+from jacosr.models import Outputs, unit_normalise
+
+Scorer = Callable[[Outputs, np.ndarray], np.ndarray]
+
+
+@dataclass(frozen=True)
+class ScoreConfig:
+    """Settings of the scores that have any.
+
+    Attributes:
+      jacobian_estimator: estimator of ||J||_F^2 for ``jacobian_stochastic`` (``hutchinson``
+        or ``xnystrace``, see :mod:`jacosr.jacobian`).
+      jacobian_probes: probes per sample for ``jacobian_stochastic``.
+      openmax_tail: OpenMax's Weibull tail size: the largest distances per class that are fitted
+        (Bendale & Boult 2016 use 20).
+      openmax_alpha: how many top-ranked classes OpenMax recalibrates (its alpha rank).
+      score_seed: seed of the stochastic scores' probes.
+    """
+
+    jacobian_estimator: str = "hutchinson"
+    jacobian_probes: int = 8
+    openmax_tail: int = 20
+    openmax_alpha: int = 2
+    score_seed: int = 0
+
+
+class ScoreContext(NamedTuple):
+    """What a score may be built from, computed once per evaluated model.
+
+    ``loss``: the loss config (the loss score and the softmax logits depend on it).
+    ``config``: the scores' settings.
+    ``embedding_fn``: the representation as a pure function of ONE unbatched input,
+      ``f(x: [H, W, C]) -> [D]``, eval mode (:func:`jacosr.models.embedding_fn`).
+    ``train``: eval-mode outputs on known-train (``[N]`` samples), or None when no selected score
+      fits on it. ``train_labels``: ``[N]`` int, or None.
+    """
+
+    loss: LossConfig
+    config: ScoreConfig
+    embedding_fn: Callable[[jax.Array], jax.Array]
+    train: Outputs | None = None
+    train_labels: np.ndarray | None = None
+
+
+class ScoreSpec(NamedTuple):
+    """A registered score: ``make(context) -> scorer``; ``fits_on_train`` says whether
+    ``make`` needs ``context.train`` (so the evaluator computes it only when needed)."""
+
+    make: Callable[[ScoreContext], Scorer]
+    fits_on_train: bool
+
+
+# ----- scores of the outputs alone ----------------------------------------------------------
 
 
 def score_loss(outputs: Outputs, config: LossConfig) -> jax.Array:
-    """The training loss evaluated at the pseudo label ``argmax_k logits`` (Eq. 22).
+    """The training loss evaluated at the pseudo label ``argmax_k logits`` (Eq. 22). ``[B]``.
 
-    Uses the same similarity, scale and margins as training. A known sample fits its predicted
-    class well (low loss); an unknown one fits none (high loss).
+    Uses the same similarity, scale, margins and extra terms (GCPL's prototype term, RPL's
+    radius term) as training. A known sample fits its predicted class well (low loss); an
+    unknown one fits none (high loss).
     """
     pseudo = jnp.argmax(outputs.logits, axis=-1)
-    return per_sample_loss(config, outputs.logits, pseudo)
+    return per_sample_loss(config, outputs, pseudo)
 
 
 def score_msp(outputs: Outputs, config: LossConfig) -> jax.Array:
     """Negative maximum softmax probability (Hendrycks & Gimpel 2017) of the loss's logits."""
-    logits = loss_spec(config.loss).softmax_logits(outputs.logits, config)
+    logits = loss_spec(config.loss).softmax_logits(outputs, config)
     return -jnp.max(jax.nn.softmax(logits, axis=-1), axis=-1)
 
 
-SCORES: dict[str, Callable[[Outputs, LossConfig], jax.Array]] = {
-    "loss": score_loss,
-    "msp": score_msp,
+def score_max_logit(outputs: Outputs, config: LossConfig) -> jax.Array:
+    """Negative maximum logit (Vaze et al. 2022's MLS) of the loss's softmax logits. ``[B]``."""
+    return -jnp.max(loss_spec(config.loss).softmax_logits(outputs, config), axis=-1)
+
+
+def score_energy(outputs: Outputs, config: LossConfig) -> jax.Array:
+    """Free energy ``-logsumexp_k z_k`` (Liu et al. 2020, temperature 1) of the softmax logits."""
+    return -jax.nn.logsumexp(loss_spec(config.loss).softmax_logits(outputs, config), axis=-1)
+
+
+# ----- scores fitted on known-train ---------------------------------------------------------
+
+
+def class_means(embeddings: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """``[N, D], [N] -> [K, D]`` mean embedding per class; every class must occur."""
+    counts = np.bincount(labels, minlength=num_classes)
+    if np.any(counts == 0):
+        raise ValueError(f"classes {np.flatnonzero(counts == 0).tolist()} have no samples")
+    sums = np.zeros((num_classes, embeddings.shape[1]))
+    np.add.at(sums, labels, embeddings)
+    return sums / counts[:, None]
+
+
+def score_max_cosine(embeddings: jax.Array, means: jax.Array) -> jax.Array:
+    """Negative maximum cosine similarity ``-max_k cos(f, mu_k)`` to the class means. ``[B]``.
+
+    ``embeddings: [B, D]``, ``means: [K, D]`` (known-train class means). Using the class means
+    rather than the head's prototypes makes the score defined for every head (RPL's reciprocal
+    points lie away from their class); for a cosine head the means align with the prototypes.
+    """
+    return -jnp.max(unit_normalise(embeddings) @ unit_normalise(means).T, axis=-1)
+
+
+class OpenMax(NamedTuple):
+    """A fitted OpenMax model: per-class mean activation vectors and Weibull parameters.
+
+    ``means: [K, K]``; ``shape, scale: [K]`` of the Weibull CDF ``1 - exp(-(d / scale)^shape)``
+    of the distance to each class's mean.
+    """
+
+    means: np.ndarray
+    shape: np.ndarray
+    scale: np.ndarray
+
+
+def openmax_activations(logits: np.ndarray) -> np.ndarray:
+    """OpenMax's activation vectors: the softmax logits shifted so each row's minimum is 0.
+
+    Softmax ignores such a shift, OpenMax does not: it moves mass ``v_k (1 - w_k)`` of the top
+    classes to the unknown class, which assumes positive top activations. Distance heads (GCPL)
+    have only negative logits, so without the shift their unknown score would flip sign.
+    """
+    logits = np.asarray(logits, np.float64)
+    return logits - logits.min(axis=-1, keepdims=True)
+
+
+def fit_openmax(
+    activations: np.ndarray, labels: np.ndarray, num_classes: int, *, tail_size: int = 20
+) -> OpenMax:
+    """Fit OpenMax (Bendale & Boult 2016) on known-train activations ``[N, K]``, labels ``[N]``.
+
+    Per class k, from the correctly classified training samples of k: the mean activation
+    vector ``mu_k`` and a two-parameter Weibull (location 0, maximum likelihood, as
+    ``scipy.stats.weibull_min.fit``) fitted to the ``tail_size`` largest Euclidean distances
+    ``||v - mu_k||`` (libMR's ``FitHigh``, without its translation). A class with fewer than two
+    correctly classified samples (a barely trained model) is fitted on all its samples.
+    """
+    correct = np.argmax(activations, -1) == labels
+    means, shapes, scales = [], [], []
+    for k in range(num_classes):
+        of_class = labels == k
+        if np.count_nonzero(of_class) < 2:
+            raise ValueError(f"OpenMax needs at least 2 training samples of class {k}")
+        v = activations[of_class & correct]
+        if len(v) < 2:
+            v = activations[of_class]
+        mu = v.mean(axis=0)
+        tail = np.sort(np.linalg.norm(v - mu, axis=-1))[-tail_size:]
+        shape, _, scale = weibull_min.fit(np.maximum(tail, 1e-12), floc=0.0)
+        means.append(mu)
+        shapes.append(shape)
+        scales.append(scale)
+    return OpenMax(np.stack(means), np.asarray(shapes), np.asarray(scales))
+
+
+def score_openmax(model: OpenMax, activations: np.ndarray, *, alpha: int = 2) -> np.ndarray:
+    """Log of OpenMax's probability of the unknown class, ``activations: [B, K] -> [B]``.
+
+    The ``alpha`` top-ranked classes are recalibrated: rank r = 0, 1, ... gets weight
+    ``w_k = 1 - (alpha - r) / alpha * WeibullCDF_k(||v - mu_k||)``; ``v'_k = v_k w_k`` and the
+    unknown class gets ``v'_0 = sum_k v_k (1 - w_k)``; the score is ``log softmax(v'_0, v')_0``
+    (the log ranks like the probability, which underflows to 0 for confident knowns).
+    """
+    num_classes = activations.shape[-1]
+    alpha = min(alpha, num_classes)
+    distance = np.linalg.norm(activations[:, None, :] - model.means[None], axis=-1)
+    cdf = 1.0 - np.exp(-((distance / model.scale) ** model.shape))
+    rank = np.argsort(np.argsort(-activations, axis=-1), axis=-1)
+    rank_weight = np.clip((alpha - rank) / alpha, 0.0, None)
+    w = 1.0 - rank_weight * cdf
+    revised = activations * w
+    unknown = np.sum(activations - revised, axis=-1, keepdims=True)
+    all_logits = np.concatenate([unknown, revised], axis=-1)
+    return unknown[:, 0] - logsumexp(all_logits, axis=-1)
+
+
+# ----- the Jacobian norm of the representation ----------------------------------------------
+
+
+def score_jacobian(f: Callable[[jax.Array], jax.Array], x: np.ndarray) -> np.ndarray:
+    """Exact ``||df/dx||_F`` per sample (:func:`jacosr.jacobian.jacobian_norms`). ``[B]``.
+
+    Training lowers the norm on known classes more than on unknowns (Eq. 20), so a large norm
+    means "unknown".
+    """
+    return np.asarray(jacobian.jacobian_norms(f, x))
+
+
+def score_jacobian_stochastic(
+    f: Callable[[jax.Array], jax.Array],
+    x: np.ndarray,
+    key: jax.Array,
+    *,
+    estimator: str = "hutchinson",
+    num_probes: int = 8,
+) -> np.ndarray:
+    """``sqrt`` of an unbiased estimate of ``||df/dx||_F^2`` (:func:`jacosr.jacobian.
+    estimate_sqnorms`), clipped at 0. ``[B]``; sample b's probes depend on ``key`` and b only."""
+    sq, _ = jacobian.estimate_sqnorms(f, x, key, estimator=estimator, num_probes=num_probes)
+    return np.sqrt(np.maximum(np.asarray(sq), 0.0))
+
+
+# ----- the registry --------------------------------------------------------------------------
+
+
+def _of_outputs(fn: Callable[[Outputs, LossConfig], jax.Array]) -> ScoreSpec:
+    return ScoreSpec(lambda ctx: lambda out, x: np.asarray(fn(out, ctx.loss)), False)
+
+
+def _make_max_cosine(ctx: ScoreContext) -> Scorer:
+    num_classes = ctx.train.logits.shape[-1]
+    means = class_means(np.asarray(ctx.train.embedding), ctx.train_labels, num_classes)
+    return lambda out, x: np.asarray(score_max_cosine(out.embedding, means))
+
+
+def _make_openmax(ctx: ScoreContext) -> Scorer:
+    def activations(out: Outputs) -> np.ndarray:
+        return openmax_activations(loss_spec(ctx.loss.loss).softmax_logits(out, ctx.loss))
+
+    num_classes = ctx.train.logits.shape[-1]
+    model = fit_openmax(
+        activations(ctx.train), ctx.train_labels, num_classes, tail_size=ctx.config.openmax_tail
+    )
+    return lambda out, x: score_openmax(model, activations(out), alpha=ctx.config.openmax_alpha)
+
+
+def _make_jacobian_stochastic(ctx: ScoreContext) -> Scorer:
+    key = jax.random.key(ctx.config.score_seed)
+    return lambda out, x: score_jacobian_stochastic(
+        ctx.embedding_fn,
+        x,
+        key,
+        estimator=ctx.config.jacobian_estimator,
+        num_probes=ctx.config.jacobian_probes,
+    )
+
+
+SCORES: dict[str, ScoreSpec] = {
+    "loss": _of_outputs(score_loss),
+    "msp": _of_outputs(score_msp),
+    "max_logit": _of_outputs(score_max_logit),
+    "energy": _of_outputs(score_energy),
+    "max_cosine": ScoreSpec(_make_max_cosine, True),
+    "openmax": ScoreSpec(_make_openmax, True),
+    "jacobian": ScoreSpec(lambda ctx: lambda out, x: score_jacobian(ctx.embedding_fn, x), False),
+    "jacobian_stochastic": ScoreSpec(_make_jacobian_stochastic, False),
 }
 
 
-def score_fn(name: str) -> Callable[[Outputs, LossConfig], jax.Array]:
+def score_spec(name: str) -> ScoreSpec:
     """The registered score ``name``; an unknown name lists the valid ones."""
     if name not in SCORES:
         raise ValueError(f"unknown score {name!r}; valid scores are: {', '.join(sorted(SCORES))}")

@@ -1,16 +1,32 @@
 """Training: one jitted multi-step dispatch over split NNX state, a resumable loop, the CLI.
 
     python -m jacosr.train --dataset digits --loss movr --steps 2000 --workdir runs/digits-movr
+    python -m jacosr.train --loss rpl --self-sup 0.1 --augment strong --workdir runs/rpl-s-a
 
-Runtime on 2 CPU cores: ~15 s for the command above (MLP on digits, compilation included).
-The workdir receives ``config.json``, ``metrics.jsonl``, ``checkpoints/`` and ``results.json``;
-re-running the same command resumes from the last checkpoint.
+Runtime on 2 CPU cores: ~15 s for the first command (MLP on digits, compilation and evaluation
+included); the rotation task roughly doubles the cost of a step. The workdir receives
+``config.json``, ``metrics.jsonl``, ``checkpoints/`` and ``results.json`` (the evaluation table,
+also printed); re-running the same command resumes from the last checkpoint, and only
+evaluates when training is complete (so ``--scores ...`` re-evaluates a finished run).
+
+The training objective for a batch of B known images ``x`` with labels ``y`` (all keys folded
+from the per-step key):
+
+    x <- augment(x)                                    (--augment: none, weak, strong)
+    L = mean_b loss(f(x_b), y_b) + self_sup * mean_b CE(rot(f(rot_{r_b}(x_b))), r_b)
+
+with ``r_b`` uniform in {0, 90, 180, 270} degrees. The rotated copies go only through the
+rotation head: the class loss sees upright images only, so the rotation task shares the
+representation without adding rotated images to any class or moving the class prototypes
+(the paper's caution that the self-supervised task must not collapse the class prototypes).
+The upright and rotated images pass through the network as one batch of 2B (one set of
+BatchNorm statistics). Weight decay is coupled L2 on every parameter (--weight-decay 0: off).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import shutil
 import time
 from dataclasses import dataclass, field
 from functools import partial
@@ -26,16 +42,25 @@ from tqdm.auto import tqdm
 
 from jacosr.checkpoint import CheckpointStore
 from jacosr.config import cli, from_dict, to_dict
-from jacosr.data import DataConfig, OpenSetData, load_open_set, to_float
-from jacosr.evaluate import evaluate
-from jacosr.losses import LossConfig, loss_spec, per_sample_loss
+from jacosr.data import DataConfig, OpenSetData, get_augmentation, load_open_set, to_float
+from jacosr.evaluate import EvalConfig, evaluate, format_table
+from jacosr.losses import LossConfig, loss_rotation, loss_spec, per_sample_loss
 from jacosr.models import ModelConfig, ModelState, OpenSetNet, apply_model, split_model
+from jacosr.workdir import prepare_workdir
+
+# Sources on which the techniques default to off (``augment="auto"``, ``self_sup=None``):
+# 8x8 digits are not flip-invariant and a 4 px shift moves half the image; toy2d's "images"
+# are 1x1 points, which neither shift nor rotate.
+TECHNIQUES_OFF_BY_DEFAULT = frozenset({"digits", "toy2d"})
+# The paper's lambda_self, the weight of the rotation loss when the technique is on.
+PAPER_SELF_SUP = 0.1
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """A training run (paper defaults: SGD momentum 0.9, cosine LR 0.1 -> 1e-5, weight decay
-    1e-3, batch 128, 20k steps).
+    1e-3, batch 128, 20k steps; weak augmentation and the rotation task with lambda_self 0.1 on
+    image data sets).
 
     Attributes:
       steps: number of optimisation steps.
@@ -43,7 +68,15 @@ class TrainConfig:
       lr: initial learning rate of the cosine schedule.
       lr_min: final learning rate of the cosine schedule.
       momentum: SGD momentum.
-      weight_decay: L2 weight decay added to the gradient (PyTorch-style coupled decay).
+      weight_decay: L2 weight decay added to the gradient (PyTorch-style coupled decay); 0
+        turns it off (the ablation's "W").
+      augment: on-device augmentation of the training batches (``jacosr.data.AUGMENTATIONS``:
+        none, weak, strong), or ``auto``: the paper's ``weak`` (4 px translation and horizontal
+        flip) on image data sets, ``none`` on digits and toy2d (not flip-invariant, and too
+        small for a 4 px shift). The ablation's "A".
+      self_sup: lambda_self, the weight of the self-supervised rotation loss; 0 turns the
+        rotation task off. None (auto): the paper's 0.1 on image data sets, 0 on digits and
+        toy2d. The ablation's "S".
       seed: seed of initialisation, batch order and dropout.
       log_every: steps per device dispatch (run as one lax.scan) and per metrics.jsonl line.
       checkpoint_every: steps between checkpoints (a multiple of log_every).
@@ -59,10 +92,26 @@ class TrainConfig:
     lr_min: float = 1e-5
     momentum: float = 0.9
     weight_decay: float = 1e-3
+    augment: str = "auto"
+    self_sup: float | None = None
     seed: int = 0
     log_every: int = 100
     checkpoint_every: int = 1000
     keep_checkpoints: int = 3
+
+
+def resolve_techniques(config: TrainConfig) -> TrainConfig:
+    """Replace ``augment="auto"`` and ``self_sup=None`` by the data set's defaults.
+
+    Idempotent; validates the augmentation name and the rotation task's square images.
+    """
+    off = config.data.benchmark is None and config.data.dataset in TECHNIQUES_OFF_BY_DEFAULT
+    augment = ("none" if off else "weak") if config.augment == "auto" else config.augment
+    get_augmentation(augment)
+    self_sup = (0.0 if off else PAPER_SELF_SUP) if config.self_sup is None else config.self_sup
+    if self_sup < 0:
+        raise ValueError(f"self_sup must be >= 0 (0 turns the rotation task off), got {self_sup}")
+    return dataclasses.replace(config, augment=augment, self_sup=float(self_sup))
 
 
 class TrainState(NamedTuple):
@@ -83,12 +132,15 @@ def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
 
 
 def build_model(config: TrainConfig, data: OpenSetData, key: jax.Array) -> OpenSetNet:
-    """The network ``config`` describes, with the head its loss needs."""
+    """The network ``config`` describes, with the head its loss needs and, when the rotation
+    task is on, a rotation head."""
+    config = resolve_techniques(config)
     return OpenSetNet(
         config.model,
         image_shape=data.image_shape,
         num_classes=data.num_known,
         head=loss_spec(config.loss.loss).head,
+        rotation_head=config.self_sup > 0,
         rngs=nnx.Rngs(key),
     )
 
@@ -113,31 +165,66 @@ def batch_indices(key: jax.Array, step: jax.Array, n: int, batch_size: int) -> j
     return jax.lax.dynamic_slice_in_dim(perm, position * batch_size, batch_size)
 
 
+def rotated_copies(key: jax.Array, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Each image turned by a random multiple of 90 degrees, and that multiple.
+
+    ``x: [B, H, W, C]`` with ``H == W`` -> (``[B, H, W, C]``, ``[B]`` int in 0..3, the number
+    of counter-clockwise quarter turns).
+    """
+    turns = jax.random.randint(key, x.shape[:1], 0, 4)
+    every = jnp.stack([jnp.rot90(x, k, axes=(1, 2)) for k in range(4)])
+    return every[turns, jnp.arange(x.shape[0])], turns
+
+
+def make_objective(graphdef: nnx.GraphDef, config: TrainConfig):
+    """The training objective ``(params, batch_stats, x, y, key) -> (loss, (stats, acc))``.
+
+    ``x: [B, H, W, C]`` float32 in [-1, 1] (augmented upright images), ``y: [B]``; see the
+    module docstring for the rotation term. ``acc`` is the batch's closed-set accuracy.
+    """
+    config = resolve_techniques(config)
+
+    def objective(params, batch_stats, x, y, key):
+        rot_key, model_key = jax.random.split(key)
+        batch = x.shape[0]
+        if config.self_sup > 0:
+            x_rot, turns = rotated_copies(rot_key, x)
+            x = jnp.concatenate([x, x_rot])
+        out, new_stats = apply_model(
+            graphdef, ModelState(params, batch_stats), x, train=True, key=model_key
+        )
+        upright = jax.tree.map(lambda a: a[:batch], out)
+        loss = jnp.mean(per_sample_loss(config.loss, upright, y))
+        if config.self_sup > 0:
+            rotation = loss_rotation(out.rotation_logits[batch:], turns)
+            loss = loss + config.self_sup * jnp.mean(rotation)
+        accuracy = jnp.mean(jnp.argmax(upright.logits, -1) == y)
+        return loss, (new_stats, accuracy)
+
+    return objective
+
+
 def make_train_dispatch(graphdef: nnx.GraphDef, config: TrainConfig, num_train: int):
     """The jitted function that runs ``n`` training steps in one dispatch.
 
     ``dispatch(state, train_x, train_y, n) -> (state, (loss [n], accuracy [n], finite [n]))``,
     where ``finite`` says the step's loss and updated parameters are all finite. The training
-    arrays stay resident on the device; batches are gathered, converted to float and fed to
-    the step inside jit; the per-step key is ``fold_in(key, step)``. ``state`` is donated.
+    arrays stay resident on the device; batches are gathered, converted to float, augmented and
+    fed to the objective inside jit; the per-step key is ``fold_in(key, step)``, split into the
+    augmentation's key and the objective's. ``state`` is donated.
     """
+    config = resolve_techniques(config)
     optimizer = make_optimizer(config)
+    augment = get_augmentation(config.augment)
+    objective = make_objective(graphdef, config)
     data_key, step_key = jax.random.split(jax.random.fold_in(jax.random.key(config.seed), 1))
-
-    def loss_fn(params, batch_stats, x, y, key):
-        out, new_stats = apply_model(
-            graphdef, ModelState(params, batch_stats), x, train=True, key=key
-        )
-        loss = jnp.mean(per_sample_loss(config.loss, out.logits, y))
-        accuracy = jnp.mean(jnp.argmax(out.logits, -1) == y)
-        return loss, (new_stats, accuracy)
 
     def one_step(state: TrainState, train_x, train_y):
         idx = batch_indices(data_key, state.step, num_train, config.batch_size)
-        x, y = to_float(train_x[idx]), train_y[idx]
-        key = jax.random.fold_in(step_key, state.step)
+        augment_key, key = jax.random.split(jax.random.fold_in(step_key, state.step))
+        x, y = augment(augment_key, to_float(train_x[idx])), train_y[idx]
         params, batch_stats = state.model
-        (loss, (new_stats, accuracy)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        (loss, (new_stats, accuracy)), grads = jax.value_and_grad(objective, has_aux=True)(
             params, batch_stats, x, y, key
         )
         updates, opt_state = optimizer.update(grads, state.opt_state, params)
@@ -159,35 +246,6 @@ class NonFiniteLossError(FloatingPointError):
     """Training produced a NaN or infinite loss; the last good checkpoint is left intact."""
 
 
-def _prepare_workdir(workdir: Path, config_dict: dict, overwrite: bool) -> None:
-    """Create ``workdir`` or check that it holds the same config; ``overwrite`` wipes it."""
-    config_path = workdir / "config.json"
-    if config_path.exists():
-        old = json.loads(config_path.read_text())
-        if old != config_dict and not overwrite:
-            diff = _config_diff(old, config_dict)
-            raise ValueError(
-                f"{workdir} holds a run with a different config ({diff}); choose another "
-                "--workdir, or pass --overwrite to delete the old run"
-            )
-        if overwrite and old != config_dict:
-            shutil.rmtree(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    config_path.write_text(json.dumps(config_dict, indent=2) + "\n")
-
-
-def _config_diff(old: dict, new: dict, prefix: str = "") -> str:
-    changes = []
-    for key in sorted(set(old) | set(new)):
-        a, b = old.get(key), new.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            inner = _config_diff(a, b, f"{prefix}{key}.")
-            changes += [inner] if inner else []
-        elif a != b:
-            changes.append(f"{prefix}{key}: {a!r} -> {b!r}")
-    return "; ".join(changes)
-
-
 def _truncate_log(path: Path, step: int) -> None:
     """Drop log lines written after ``step`` (by a run that died before its next checkpoint)."""
     if path.exists():
@@ -197,6 +255,12 @@ def _truncate_log(path: Path, step: int) -> None:
 
 
 def _check_config(config: TrainConfig, data: OpenSetData) -> None:
+    height, width = data.image_shape[:2]
+    if config.self_sup > 0 and height != width:
+        raise ValueError(
+            f"the rotation task needs square images, got {height}x{width}; "
+            "pass --self-sup 0 or --image-size"
+        )
     n = len(data.known_train.y)
     if n < config.batch_size:
         raise ValueError(
@@ -227,12 +291,14 @@ def fit(
     Steps run ``log_every`` at a time in one device dispatch; after each dispatch one line
     goes to ``metrics.jsonl``; every ``checkpoint_every`` steps and at the end the state is
     checkpointed. A non-finite loss or parameter raises :class:`NonFiniteLossError` naming the
-    step, without saving the diverged state.
+    step, without saving the diverged state. ``config.json`` holds the config with the
+    techniques' defaults resolved (:func:`resolve_techniques`).
     """
+    config = resolve_techniques(config)
     _check_config(config, data)
     workdir = Path(workdir)
     config_dict = to_dict(config)
-    _prepare_workdir(workdir, config_dict, overwrite)
+    prepare_workdir(workdir, config_dict, overwrite=overwrite)
     graphdef, state = init_train_state(config, data)
     store = CheckpointStore(workdir, keep=config.keep_checkpoints)
     log_path = workdir / "metrics.jsonl"
@@ -289,11 +355,26 @@ def fit(
     return graphdef, state.model
 
 
-def run(config: TrainConfig, workdir: Path, *, overwrite: bool = False) -> dict:
-    """Train ``config`` in ``workdir``, evaluate on the open-set test split, write results.json."""
+def run(
+    config: TrainConfig,
+    workdir: Path,
+    evaluation: EvalConfig | None = None,
+    *,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Train ``config`` in ``workdir``, evaluate on the open-set split, write results.json.
+
+    ``evaluation`` defaults to ``EvalConfig()``. Returns ``{"config": the resolved config,
+    **evaluate(...)}`` (see :func:`jacosr.evaluate.evaluate`).
+    """
+    config = resolve_techniques(config)
     data = load_open_set(config.data)
-    graphdef, model_state = fit(config, data, workdir, overwrite=overwrite)
-    results = {"config": to_dict(config), **evaluate(graphdef, model_state, data, config.loss)}
+    graphdef, model_state = fit(config, data, workdir, overwrite=overwrite, progress=progress)
+    results = {
+        "config": to_dict(config),
+        **evaluate(graphdef, model_state, data, config.loss, evaluation or EvalConfig()),
+    }
     (Path(workdir) / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     return results
 
@@ -321,20 +402,23 @@ class TrainArgs:
 
     Attributes:
       config: the run.
+      evaluation: the unknown scores and their settings (not part of the run's identity:
+        re-running a finished workdir with other scores only re-evaluates).
       workdir: where config.json, metrics.jsonl, checkpoints/ and results.json go.
       overwrite: delete a run with a different config in workdir instead of refusing.
     """
 
     config: TrainConfig = field(default_factory=TrainConfig)
+    evaluation: EvalConfig = field(default_factory=EvalConfig)
     workdir: Path = Path("runs/train")
     overwrite: bool = False
 
 
 def main(args: list[str] | None = None) -> dict:
     parsed = cli(TrainArgs, args=args)
-    results = run(parsed.config, parsed.workdir, overwrite=parsed.overwrite)
-    aurocs = ", ".join(f"{k} {v:.4f}" for k, v in results["auroc"].items())
-    print(f"accuracy {results['accuracy']:.4f} | AUROC {aurocs} | workdir {parsed.workdir}")
+    results = run(parsed.config, parsed.workdir, parsed.evaluation, overwrite=parsed.overwrite)
+    print(format_table(results))
+    print(f"wrote {parsed.workdir / 'results.json'}")
     return results
 
 

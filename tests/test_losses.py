@@ -1,4 +1,7 @@
-"""Losses against hand computations, finite gradients at cos = +-1, Propositions 5 and 6."""
+"""Losses against hand computations, finite gradients at cos = +-1, Propositions 5 and 6.
+
+(That training on digits lowers every loss is tested through the CLI in tests/test_train.py.)
+"""
 
 import math
 
@@ -12,12 +15,17 @@ from jacosr.losses import (
     LOSSES,
     LossConfig,
     angular_margin,
+    loss_doc,
+    loss_gcpl,
     loss_movr,
     loss_nsce,
+    loss_rotation,
+    loss_rpl,
     loss_sce,
     loss_spec,
     per_sample_loss,
 )
+from jacosr.models import HEAD_SCORES, Outputs
 
 
 def _softplus(x):
@@ -90,14 +98,109 @@ def test_angular_margin_matches_arccos_inside():
 
 
 def test_registry_and_error():
-    assert set(LOSSES) >= {"sce", "nsce", "movr"}
+    assert set(LOSSES) == {"sce", "nsce", "doc", "movr", "gcpl", "rpl"}
     with pytest.raises(ValueError, match=r"unknown loss 'arcface'; valid losses are: .*movr"):
         loss_spec("arcface")
     cfg = LossConfig(loss="nsce", scale=5.0)
     cos = jnp.array([[0.2, 0.1]])
     np.testing.assert_allclose(
-        per_sample_loss(cfg, cos, jnp.array([1])), loss_nsce(cos, jnp.array([1]), scale=5.0)
+        per_sample_loss(cfg, Outputs(jnp.ones((1, 3)), cos), jnp.array([1])),
+        loss_nsce(cos, jnp.array([1]), scale=5.0),
     )
+
+
+def _log_softmax(z):
+    z = np.asarray(z, np.float64)
+    return z - np.log(np.sum(np.exp(z)))
+
+
+def test_doc_hand_computed():
+    # sigmoid one-vs-rest on raw logits: -log s(z_y) - sum_{k != y} log(1 - s(z_k)).
+    z = [1.5, -0.5, 0.25]
+    expected = _softplus(-1.5) + _softplus(-0.5) + _softplus(0.25)
+    np.testing.assert_allclose(loss_doc(jnp.array([z]), jnp.array([0])), [expected], rtol=1e-6)
+
+
+def _tiny_geometry():
+    """Two 2-D embeddings, three centres, hand-picked distances."""
+    f = np.array([[1.0, 0.0], [0.0, 2.0]])
+    c = np.array([[1.0, 1.0], [0.0, 0.0], [-1.0, 2.0]])
+    sq = np.array([[1.0, 1.0, 8.0], [2.0, 4.0, 1.0]])  # ||f_b - c_k||^2, by hand
+    np.testing.assert_allclose(((f[:, None] - c[None]) ** 2).sum(-1), sq)
+    return f, c, sq
+
+
+def test_gcpl_hand_computed():
+    f, c, sq = _tiny_geometry()
+    labels = np.array([0, 2])
+    d = sq / 2.0  # D = 2
+    tau, lam = 0.5, 0.3
+    expected = [-_log_softmax(-d[b] / tau)[labels[b]] + lam * d[b, labels[b]] / 2 for b in range(2)]
+    got = loss_gcpl(
+        HEAD_SCORES["distance"](jnp.array(f), jnp.array(c), None),
+        jnp.array(labels),
+        dim=2,
+        temperature=tau,
+        weight_pl=lam,
+    )
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+    # d_0 = (0.5, 0.5, 4): CE of logits (-1, -1, -8) at class 0 is log(2 + e^-7); + 0.3 * 0.5 / 2
+    np.testing.assert_allclose(got[0], math.log(2 + math.exp(-7)) + 0.075, rtol=1e-5)
+
+
+def test_rpl_hand_computed():
+    f, p, sq = _tiny_geometry()
+    labels = np.array([2, 1])
+    d = sq / 2.0
+    radius, tau, lam = 0.7, 2.0, 0.1
+    expected = [
+        -_log_softmax(d[b] / tau)[labels[b]] + lam * (d[b, labels[b]] - radius) ** 2
+        for b in range(2)
+    ]
+    got = loss_rpl(
+        HEAD_SCORES["reciprocal"](jnp.array(f), jnp.array(p), None),
+        jnp.full((2,), radius),
+        jnp.array(labels),
+        dim=2,
+        temperature=tau,
+        weight_pl=lam,
+    )
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+
+
+def test_rotation_loss_is_four_way_cross_entropy():
+    z = np.array([[2.0, 0.0, -1.0, 0.5]])
+    got = loss_rotation(jnp.array(z), jnp.array([3]))
+    np.testing.assert_allclose(got, [-_log_softmax(z[0])[3]], rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_registry_entries_use_outputs_and_config(name):
+    """Each registry entry is its array loss fed from Outputs; softmax logits per the config."""
+    rng = np.random.default_rng(0)
+    emb = jnp.array(rng.normal(size=(4, 8)), jnp.float32)
+    raw = rng.normal(size=(4, 3))
+    logits = jnp.array(np.abs(raw) if LOSSES[name].head == "reciprocal" else raw, jnp.float32)
+    if LOSSES[name].head == "cosine":
+        logits = jnp.tanh(logits)
+    radius = jnp.full((4,), 0.4)
+    labels = jnp.array([0, 1, 2, 1])
+    c = LossConfig(loss=name, scale=3.0, margin_pos=0.2, margin_neg=0.1, temperature=0.5)
+    out = Outputs(emb, logits, radius=radius)
+    hyper = {"dim": 8, "temperature": 0.5, "weight_pl": 0.1}
+    expected = {
+        "sce": (loss_sce(logits, labels), logits),
+        "nsce": (loss_nsce(logits, labels, scale=3.0), 3.0 * logits),
+        "doc": (loss_doc(logits, labels), logits),
+        "movr": (
+            loss_movr(logits, labels, scale=3.0, margin_pos=0.2, margin_neg=0.1),
+            3.0 * logits,
+        ),
+        "gcpl": (loss_gcpl(logits, labels, **hyper), logits / 4.0),
+        "rpl": (loss_rpl(logits, radius, labels, **hyper), logits / 4.0),
+    }[name]
+    np.testing.assert_allclose(per_sample_loss(c, out, labels), expected[0], rtol=1e-6)
+    np.testing.assert_allclose(LOSSES[name].softmax_logits(out, c), expected[1], rtol=1e-6)
 
 
 def _optimise_negatives(margin: float, seed: int):

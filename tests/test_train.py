@@ -1,4 +1,5 @@
-"""Training: the acceptance run on digits, resume after SIGKILL, divergence, workdir rules, CLI."""
+"""Training: the acceptance run on digits, resume after SIGKILL, divergence, workdir rules, CLI,
+every loss and technique through the CLI, the rotation task and on-device augmentation."""
 
 import json
 import os
@@ -9,13 +10,14 @@ import time
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from jacosr.checkpoint import CheckpointStore
-from jacosr.data import DataConfig, load_open_set
-from jacosr.losses import LossConfig
-from jacosr.models import ModelConfig
+from jacosr.data import DataConfig, LabelledSource, load_open_set, open_set_split
+from jacosr.losses import LOSSES, LossConfig, loss_rotation, per_sample_loss
+from jacosr.models import ModelConfig, apply_model
 from jacosr.train import (
     NonFiniteLossError,
     TrainConfig,
@@ -24,6 +26,10 @@ from jacosr.train import (
     init_train_state,
     load_run,
     main,
+    make_objective,
+    make_train_dispatch,
+    resolve_techniques,
+    rotated_copies,
     run,
 )
 
@@ -45,10 +51,11 @@ def test_acceptance_digits_movr_2000_steps(tmp_path):
     assert config.data.known == (0, 1, 2, 3, 4, 5) and config.loss.loss == "movr"
     results = run(config, tmp_path)
     assert results["accuracy"] >= 0.97
-    assert results["auroc"]["loss"] >= 0.85
+    assert results["scores"]["loss"]["auroc"] >= 0.85
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["split"]["known_classes"] == [0, 1, 2, 3, 4, 5]
-    assert saved["auroc"] == results["auroc"]
+    assert saved["scores"] == results["scores"]
+    assert saved["config"]["augment"] == "none" and saved["config"]["self_sup"] == 0.0
     log = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == list(range(100, 2001, 100))
 
@@ -159,6 +166,116 @@ def test_cli_help_documents_every_option():
         "--backbone",
         "--weight-decay",
         "--lr",
+        "--augment",
+        "--self-sup",
+        "--scores",
+        "--reject-rate",
+        "--temperature",
+        "--weight-pl",
     ):
         assert flag in out.stdout
     assert "movr" in out.stdout and "20000" in out.stdout  # defaults are shown
+
+
+CLI_TINY = [
+    "--steps",
+    "60",
+    "--log-every",
+    "20",
+    "--checkpoint-every",
+    "60",
+    "--width",
+    "32",
+    "--embed-dim",
+    "16",
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "loss, techniques",
+    [(name, []) for name in sorted(LOSSES)]
+    + [
+        ("movr", ["--self-sup", "0.1"]),
+        ("rpl", ["--self-sup", "0.1", "--augment", "strong"]),
+        ("doc", ["--augment", "weak"]),
+    ],
+)
+def test_cli_trains_each_loss_and_lowers_it(loss, techniques, tmp_path, capsys):
+    results = main(["--loss", loss, *techniques, *CLI_TINY, "--workdir", str(tmp_path)])
+    log = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [20, 40, 60]
+    assert log[-1]["loss"] < log[0]["loss"]  # mean loss of steps 41-60 below steps 1-20
+    assert results["config"]["loss"]["loss"] == loss
+    if "--augment" not in techniques:  # 60 steps on 8x8 digits shifted by 4 px learn little
+        assert results["accuracy"] > 0.5  # 6 known classes: chance is 1/6
+    out = capsys.readouterr().out
+    assert "closed-set accuracy" in out and "auroc" in out and "openmax" in out
+
+
+def test_rotated_copies_match_numpy_rot90():
+    x = jax.random.normal(jax.random.key(0), (12, 5, 5, 2))
+    turned, turns = rotated_copies(jax.random.key(1), x)
+    turns = np.asarray(turns)
+    assert set(turns) <= {0, 1, 2, 3} and len(set(turns)) > 1
+    for b in range(12):
+        np.testing.assert_array_equal(turned[b], np.rot90(np.asarray(x[b]), turns[b], axes=(0, 1)))
+
+
+def test_techniques_default_per_data_set():
+    digits = resolve_techniques(TrainConfig())
+    assert (digits.augment, digits.self_sup) == ("none", 0.0)
+    cifar = resolve_techniques(TrainConfig(data=DataConfig(benchmark="cifar10")))
+    assert (cifar.augment, cifar.self_sup) == ("weak", 0.1)
+    chosen = resolve_techniques(TrainConfig(augment="strong", self_sup=0.3))
+    assert (chosen.augment, chosen.self_sup) == ("strong", 0.3)
+    assert resolve_techniques(chosen) == chosen
+    with pytest.raises(ValueError, match=r"unknown augmentation 'heavy'; valid .*weak"):
+        resolve_techniques(TrainConfig(augment="heavy"))
+    with pytest.raises(ValueError, match=r"self_sup must be >= 0"):
+        resolve_techniques(TrainConfig(self_sup=-1.0))
+
+
+def test_rotation_task_needs_square_images(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-1, 1, (300, 8, 6, 1)).astype(np.float32)
+    y = np.repeat(np.arange(3), 100)
+    data = open_set_split(LabelledSource("rect", x, y, x, y, 3), (0, 1))
+    with pytest.raises(ValueError, match=r"square images, got 8x6; pass --self-sup 0"):
+        fit(TrainConfig(self_sup=0.1, batch_size=32), data, tmp_path)
+
+
+def test_objective_puts_rotated_copies_through_the_rotation_head_only():
+    config = TrainConfig(model=ModelConfig(width=32, embed_dim=16), self_sup=0.25)
+    data = load_open_set(config.data)
+    graphdef, state = init_train_state(config, data)
+    x = jnp.asarray(data.known_train.x[:16])
+    y = jnp.asarray(data.known_train.y[:16])
+    key = jax.random.key(5)
+    loss, (_, accuracy) = make_objective(graphdef, config)(*state.model, x, y, key)
+
+    rot_key, _ = jax.random.split(key)
+    x_rot, turns = rotated_copies(rot_key, x)
+    out, _ = apply_model(graphdef, state.model, jnp.concatenate([x, x_rot]), train=True)
+    upright = jax.tree.map(lambda a: a[:16], out)
+    expected = jnp.mean(per_sample_loss(config.loss, upright, y)) + 0.25 * jnp.mean(
+        loss_rotation(out.rotation_logits[16:], turns)
+    )
+    np.testing.assert_allclose(loss, expected, rtol=1e-5)
+    np.testing.assert_allclose(accuracy, jnp.mean(jnp.argmax(upright.logits, -1) == y))
+
+
+def test_augmentation_runs_inside_the_step_and_is_keyed():
+    base = TrainConfig(model=ModelConfig(width=32, embed_dim=16), steps=5)
+    data = load_open_set(base.data)
+
+    def params_after(augment):
+        config = TrainConfig(**{**base.__dict__, "augment": augment})
+        graphdef, state = init_train_state(config, data)
+        dispatch = make_train_dispatch(graphdef, config, len(data.known_train.y))
+        state, _ = dispatch(state, data.known_train.x, data.known_train.y, 3)
+        return np.concatenate([np.ravel(a) for a in jax.tree.leaves(state.model.params)])
+
+    none, weak = params_after("none"), params_after("weak")
+    assert not np.allclose(none, weak)
+    np.testing.assert_array_equal(weak, params_after("weak"))  # same keys, same batches

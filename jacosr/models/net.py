@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
 from jacosr.models.heads import NORMALISED_HEADS, ClassHead, unit_normalise
@@ -39,16 +40,24 @@ class Outputs(NamedTuple):
 
     ``embedding``: ``[B, D]`` the representation f (unit-normalised for normalised heads).
     ``logits``: ``[B, K]`` class scores of the head's kind (see :mod:`jacosr.models.heads`).
-    ``rotation_logits``: ``[B, 4]`` rotation-head logits, or None without a rotation head.
+    ``rotation_logits``: ``[B, 4]`` rotation-head logits (0, 90, 180, 270 degrees), or None
+      without a rotation head.
+    ``radius``: ``[B]`` the reciprocal head's learnable radius R repeated per sample (so every
+      field is per-sample and batches concatenate), or None for the other heads.
     """
 
     embedding: jax.Array
     logits: jax.Array
-    rotation_logits: jax.Array | None
+    rotation_logits: jax.Array | None = None
+    radius: jax.Array | None = None
 
 
 class OpenSetNet(nnx.Module):
-    """Backbone, optional unit normalisation (the paper's "N"), class head, rotation head."""
+    """Backbone, optional unit normalisation (the paper's "N"), class head, rotation head.
+
+    The rotation head (``rotation_head=True``, for the self-supervised rotation task) is a
+    linear map ``f -> [4]`` on the same representation f the class head sees.
+    """
 
     def __init__(
         self,
@@ -82,7 +91,9 @@ class OpenSetNet(nnx.Module):
         if self.normalise:
             f = unit_normalise(f)
         rot = self.rotation(f) if self.rotation is not None else None
-        return Outputs(f, self.head(f), rot)
+        radius = self.head.radius
+        radius = None if radius is None else jnp.broadcast_to(radius[...], f.shape[:1])
+        return Outputs(f, self.head(f), rot, radius)
 
 
 class ModelState(NamedTuple):
