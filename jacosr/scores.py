@@ -226,8 +226,14 @@ def score_jacobian_stochastic(
     num_probes: int = 8,
 ) -> np.ndarray:
     """``sqrt`` of an unbiased estimate of ``||df/dx||_F^2`` (:func:`jacosr.jacobian.
-    estimate_sqnorms`), clipped at 0. ``[B]``; sample b's probes depend on ``key`` and b only."""
-    sq, _ = jacobian.estimate_sqnorms(f, x, key, estimator=estimator, num_probes=num_probes)
+    estimate_sqnorms`), clipped at 0. ``[B]``; sample b's probes depend on ``key`` and b only.
+
+    Probes are uniform on the sphere, which both estimators accept (XNysTrace needs
+    rotation-invariant probes) and whose variance is never above Gaussian probes'.
+    """
+    sq, _ = jacobian.estimate_sqnorms(
+        f, x, key, estimator=estimator, num_probes=num_probes, probes="sphere"
+    )
     return np.sqrt(np.maximum(np.asarray(sq), 0.0))
 
 

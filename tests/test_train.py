@@ -196,9 +196,8 @@ CLI_TINY = [
     "loss, techniques",
     [(name, []) for name in sorted(LOSSES)]
     + [
-        ("movr", ["--self-sup", "0.1"]),
+        ("movr", ["--self-sup", "0.1", "--augment", "weak"]),
         ("rpl", ["--self-sup", "0.1", "--augment", "strong"]),
-        ("doc", ["--augment", "weak"]),
     ],
 )
 def test_cli_trains_each_loss_and_lowers_it(loss, techniques, tmp_path, capsys):

@@ -1,0 +1,86 @@
+"""The evaluation table on a model trained on digits: every score's sign, the table's content
+against the metrics computed directly, JSON round trip, the printed table."""
+
+import json
+
+import numpy as np
+import pytest
+
+from jacosr.evaluate import SCORE_METRICS, EvalConfig, evaluate, format_table, predict
+from jacosr.metrics import metric_auroc, metric_dbi, metric_macro_f1, metric_oscr
+from jacosr.scores import SCORES, score_loss
+from jacosr.train import TrainConfig, fit
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """The default run (digits, known 0..5, m-OvR), 1,000 steps."""
+    from jacosr.data import load_open_set
+
+    config = TrainConfig(steps=1000)
+    data = load_open_set(config.data)
+    graphdef, state = fit(config, data, tmp_path_factory.mktemp("run"), progress=False)
+    return config, data, graphdef, state
+
+
+@pytest.fixture(scope="module")
+def table(trained):
+    config, data, graphdef, state = trained
+    return evaluate(graphdef, state, data, config.loss, EvalConfig(scores=tuple(SCORES)))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(SCORES))
+def test_score_sign_every_score_beats_chance(table, name):
+    """Higher = more likely unknown: a flipped sign would put the AUROC below 0.5."""
+    assert table["scores"][name]["auroc"] > 0.5
+
+
+@pytest.mark.slow
+def test_table_is_tidy_json_and_prints(table, trained):
+    _, data, _, _ = trained
+    assert set(table) == {"accuracy", "split", "eval", "embedding", "scores"}
+    assert table["split"] == data.describe()
+    assert list(table["scores"]) == list(SCORES)
+    for row in table["scores"].values():
+        assert list(row) == list(SCORE_METRICS)
+        assert all(0.0 <= v <= 1.0 for v in row.values())
+        assert row["oscr"] <= table["accuracy"] + 1e-12
+    assert set(table["embedding"]) == {"dbi", "inter_class_distance", "intra_inter_ratio"}
+    assert json.loads(json.dumps(table)) == table
+    text = format_table(table)
+    for name in SCORES:
+        assert name in text
+    assert f"{table['accuracy']:.4f}" in text
+
+
+@pytest.mark.slow
+def test_table_agrees_with_the_metrics_computed_directly(table, trained):
+    config, data, graphdef, state = trained
+    out = {
+        k: predict(graphdef, state, s.x)
+        for k, s in (
+            ("val", data.known_val),
+            ("known", data.known_test),
+            ("unknown", data.unknown_test),
+        )
+    }
+    s = {k: np.asarray(score_loss(o, config.loss)) for k, o in out.items()}
+    pred = {k: np.argmax(o.logits, -1) for k, o in out.items()}
+    y = data.known_test.y
+    row = table["scores"]["loss"]
+    np.testing.assert_allclose(row["auroc"], metric_auroc(s["known"], s["unknown"]))
+    np.testing.assert_allclose(
+        row["oscr"], metric_oscr(s["known"], pred["known"] == y, s["unknown"])
+    )
+    f1 = metric_macro_f1(
+        s["val"], s["known"], pred["known"], y, s["unknown"], pred["unknown"], num_known_classes=6
+    )
+    np.testing.assert_allclose(row["macro_f1"], f1)
+    np.testing.assert_allclose(table["embedding"]["dbi"], metric_dbi(out["known"].embedding, y))
+    np.testing.assert_allclose(table["accuracy"], np.mean(pred["known"] == y))
+
+
+def test_unknown_score_fails_before_any_work():
+    with pytest.raises(ValueError, match=r"unknown score 'odin'; valid scores are: .*openmax"):
+        evaluate(None, None, None, None, EvalConfig(scores=("loss", "odin")))

@@ -1,0 +1,179 @@
+"""Unknown scores against hand computations and independent references (OpenMax written out
+as Bendale & Boult's algorithm, Jacobian norms against dense jacfwd)."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy.stats import weibull_min
+
+from jacosr.losses import LOSSES, LossConfig, per_sample_loss
+from jacosr.models import Outputs
+from jacosr.scores import (
+    SCORES,
+    OpenMax,
+    ScoreConfig,
+    ScoreContext,
+    class_means,
+    fit_openmax,
+    openmax_activations,
+    score_energy,
+    score_jacobian,
+    score_jacobian_stochastic,
+    score_loss,
+    score_max_cosine,
+    score_max_logit,
+    score_msp,
+    score_openmax,
+    score_spec,
+)
+
+
+def test_unknown_score_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"unknown score 'odin'; valid scores are: energy, .*msp"):
+        score_spec("odin")
+    assert set(SCORES) == {
+        "loss",
+        "msp",
+        "max_logit",
+        "energy",
+        "max_cosine",
+        "openmax",
+        "jacobian",
+        "jacobian_stochastic",
+    }
+
+
+def test_softmax_scores_hand_computed():
+    cos = jnp.array([[0.5, -0.5, 0.0]])
+    out = Outputs(jnp.ones((1, 4)), cos)
+    config = LossConfig(loss="movr", scale=2.0)  # softmax logits (1, -1, 0)
+    z = math.exp(1) + math.exp(-1) + 1
+    np.testing.assert_allclose(score_msp(out, config), [-math.exp(1) / z], rtol=1e-6)
+    np.testing.assert_allclose(score_max_logit(out, config), [-1.0], rtol=1e-6)
+    np.testing.assert_allclose(score_energy(out, config), [-math.log(z)], rtol=1e-6)
+    # linear logits are used as they are
+    sce = LossConfig(loss="sce")
+    np.testing.assert_allclose(score_max_logit(out, sce), [-0.5], rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_loss_score_is_the_loss_at_the_pseudo_label(name):
+    rng = np.random.default_rng(1)
+    logits = rng.normal(size=(6, 4))
+    logits = np.abs(logits) if LOSSES[name].head == "reciprocal" else np.tanh(logits)
+    out = Outputs(jnp.array(rng.normal(size=(6, 5))), jnp.array(logits), radius=jnp.full(6, 0.3))
+    config = LossConfig(loss=name)
+    pseudo = jnp.array(np.argmax(logits, -1))
+    np.testing.assert_allclose(score_loss(out, config), per_sample_loss(config, out, pseudo))
+    # a sample's loss at its own argmax is never above its loss at another label
+    for k in range(4):
+        assert np.all(
+            np.asarray(score_loss(out, config))
+            <= np.asarray(per_sample_loss(config, out, jnp.full(6, k))) + 1e-5
+        )
+
+
+def test_max_cosine_against_numpy():
+    rng = np.random.default_rng(2)
+    f, mu = rng.normal(size=(7, 3)), rng.normal(size=(4, 3))
+    cos = (f / np.linalg.norm(f, axis=1, keepdims=True)) @ (
+        mu / np.linalg.norm(mu, axis=1, keepdims=True)
+    ).T
+    np.testing.assert_allclose(score_max_cosine(f, mu), -cos.max(1), rtol=1e-5)
+
+
+def test_class_means_and_missing_class():
+    x = np.array([[0.0, 2.0], [2.0, 0.0], [5.0, 5.0]])
+    np.testing.assert_allclose(class_means(x, np.array([0, 0, 1]), 2), [[1.0, 1.0], [5.0, 5.0]])
+    with pytest.raises(ValueError, match=r"classes \[2\] have no samples"):
+        class_means(x, np.array([0, 0, 1]), 3)
+
+
+def _openmax_reference(model: OpenMax, v: np.ndarray, alpha: int) -> float:
+    """Bendale & Boult (2016), Alg. 2, written out for one activation vector ``v: [K]``."""
+    ranked = np.argsort(-v)
+    w = np.ones(len(v))
+    for i in range(1, alpha + 1):  # ranks 1..alpha
+        k = ranked[i - 1]
+        dist = np.linalg.norm(v - model.means[k])
+        cdf = weibull_min.cdf(dist, model.shape[k], scale=model.scale[k])
+        w[k] = 1.0 - (alpha - i + 1) / alpha * cdf
+    revised = v * w
+    unknown = np.sum(v - revised)
+    p = np.exp(np.concatenate([[unknown], revised]))
+    return math.log(p[0] / p.sum())
+
+
+@pytest.mark.parametrize("alpha", [1, 2, 3])
+def test_openmax_matches_the_algorithm(alpha):
+    rng = np.random.default_rng(alpha)
+    model = OpenMax(rng.normal(size=(3, 3)) + 2, rng.uniform(1, 4, 3), rng.uniform(0.5, 2, 3))
+    v = rng.normal(size=(9, 3)) + 2
+    expected = [_openmax_reference(model, row, alpha) for row in v]
+    np.testing.assert_allclose(score_openmax(model, v, alpha=alpha), expected, rtol=1e-6)
+
+
+def test_fit_openmax_uses_correct_samples_and_the_distance_tail():
+    rng = np.random.default_rng(0)
+    labels = np.repeat([0, 1], 200)
+    v = rng.normal(size=(400, 2)) * 0.5 + np.where(labels[:, None] == 0, [4.0, 0.0], [0.0, 4.0])
+    v[0] = [0.0, 9.0]  # a misclassified sample of class 0: excluded from class 0's fit
+    model = fit_openmax(v, labels, 2, tail_size=20)
+    good = v[1:200]
+    np.testing.assert_allclose(model.means[0], good.mean(0))
+    tail = np.sort(np.linalg.norm(good - good.mean(0), axis=1))[-20:]
+    shape, _, scale = weibull_min.fit(tail, floc=0.0)
+    np.testing.assert_allclose([model.shape[0], model.scale[0]], [shape, scale], rtol=1e-6)
+    # far from every class mean scores higher than at a class mean
+    far, near = np.array([[10.0, 10.0]]), model.means[:1]
+    assert score_openmax(model, far)[0] > score_openmax(model, near)[0]
+
+
+def test_openmax_activations_shift_rows_to_zero_minimum():
+    a = openmax_activations(np.array([[-3.0, -1.0, -2.0]]))
+    np.testing.assert_allclose(a, [[0.0, 2.0, 1.0]])
+
+
+def _tiny_f():
+    """``f: [3, 2, 2] -> [5]``, a smooth two-layer net."""
+    w1 = jax.random.normal(jax.random.key(0), (7, 12))
+    w2 = jax.random.normal(jax.random.key(1), (5, 7))
+    return lambda x: w2 @ jnp.tanh(w1 @ x.reshape(-1) + 0.1)
+
+
+def test_jacobian_score_against_dense_jacfwd():
+    f = _tiny_f()
+    xs = jax.random.normal(jax.random.key(2), (4, 3, 2, 2))
+    dense = [np.linalg.norm(jax.jacfwd(f)(x).reshape(5, -1)) for x in xs]
+    np.testing.assert_allclose(score_jacobian(f, np.asarray(xs)), dense, rtol=1e-5)
+
+
+def test_stochastic_jacobian_score_is_exact_with_a_full_rank_sketch():
+    # XNysTrace with as many probes as the output dimension reconstructs J J^T exactly.
+    f = _tiny_f()
+    xs = np.asarray(jax.random.normal(jax.random.key(3), (4, 3, 2, 2)))
+    got = score_jacobian_stochastic(f, xs, jax.random.key(0), estimator="xnystrace", num_probes=5)
+    np.testing.assert_allclose(got, score_jacobian(f, xs), rtol=1e-3)
+
+
+def test_registry_builds_scorers_from_the_context():
+    f = _tiny_f()
+    rng = np.random.default_rng(4)
+    emb = rng.normal(size=(40, 5))
+    labels = np.arange(40) % 2
+    logits = np.stack([emb[:, 0] * (1 - 2 * labels), -emb[:, 0] * (1 - 2 * labels)], 1)
+    train = Outputs(emb, np.abs(logits) * np.where(labels[:, None] == [0, 1], 1, -1))
+    ctx = ScoreContext(LossConfig(loss="sce"), ScoreConfig(), f, train, labels)
+    x = np.asarray(jax.random.normal(jax.random.key(5), (3, 3, 2, 2)))
+    out = Outputs(rng.normal(size=(3, 5)), rng.normal(size=(3, 2)))
+    for name, spec in SCORES.items():
+        scores = spec.make(ctx)(out, x)
+        assert scores.shape == (3,) and np.all(np.isfinite(scores)), name
+    np.testing.assert_allclose(SCORES["jacobian"].make(ctx)(out, x), score_jacobian(f, x))
+    means = class_means(emb, labels, 2)
+    np.testing.assert_allclose(
+        SCORES["max_cosine"].make(ctx)(out, x), score_max_cosine(out.embedding, means)
+    )
