@@ -6,8 +6,9 @@
 Runtime on 2 CPU cores: ~15 s for the first command (MLP on digits, compilation and evaluation
 included); the rotation task roughly doubles the cost of a step. The workdir receives
 ``config.json``, ``metrics.jsonl``, ``checkpoints/`` and ``results.json`` (the evaluation table,
-also printed); re-running the same command resumes from the last checkpoint, and only
-evaluates when training is complete (so ``--scores ...`` re-evaluates a finished run).
+also printed); re-running the same command resumes from the last checkpoint, and re-running a
+finished run only evaluates it again (so ``--scores jacobian ...`` adds scores without
+retraining: the evaluation settings are not part of the run's config).
 
 The training objective for a batch of B known images ``x`` with labels ``y`` (all keys folded
 from the per-step key):
@@ -103,7 +104,7 @@ class TrainConfig:
 def resolve_techniques(config: TrainConfig) -> TrainConfig:
     """Replace ``augment="auto"`` and ``self_sup=None`` by the data set's defaults.
 
-    Idempotent; validates the augmentation name and the rotation task's square images.
+    Idempotent; validates the augmentation name and the sign of ``self_sup``.
     """
     off = config.data.benchmark is None and config.data.dataset in TECHNIQUES_OFF_BY_DEFAULT
     augment = ("none" if off else "weak") if config.augment == "auto" else config.augment

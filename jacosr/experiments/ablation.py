@@ -3,8 +3,8 @@
     python -m jacosr.experiments.ablation                      # 9 rows x 5 seeds x 2000 steps
     python -m jacosr.experiments.ablation --seeds 2 --steps 500 --workdir runs/quick
 
-Runtime on 2 CPU cores: about 15 minutes for the default 45 runs (rows with the rotation task
-cost about twice as much), more when other jobs share the cores. Runs live in
+Runtime on 2 CPU cores: about 9 minutes for the default 45 runs (measured 529 s while other
+jobs shared the cores; rows with the rotation task cost about twice as much). Runs live in
 ``<workdir>/runs/<row>/seed<i>``; re-running reads back finished runs and resumes the others.
 
 The switches are Table III's columns, and a row is the set of switches that are on

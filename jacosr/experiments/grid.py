@@ -130,7 +130,9 @@ def plot_summary(summary: Mapping[str, Mapping[str, dict]], *, title: str) -> Fi
     rows = list(summary)
     columns = list(summary[rows[0]])
     width = 0.8 / len(columns)
-    fig = Figure(figsize=(max(6.0, 0.45 * len(rows) * len(columns)), 4.5), layout="tight")
+    fig = Figure(
+        figsize=(min(12.0, max(6.0, 0.35 * len(rows) * len(columns))), 4.5), layout="tight"
+    )
     ax = fig.subplots()
     x = np.arange(len(rows))
     lowest = 1.0
