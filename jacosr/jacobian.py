@@ -12,11 +12,11 @@ Two layers, as in optax or matfree:
   last chunk is padded so every call has the same shape and compiles once):
   :func:`jacobian_norms`, :func:`estimate_sqnorms`, :func:`path_norms`, :func:`path_length`.
 
-Why a host loop and not ``jax.lax.map`` / ``scan``: on XLA CPU, a pullback inside a loop body
-ran about 2x slower (XLA picks a slower convolution layout inside the loop), while a Python
-loop over one compiled chunk function was the fastest JAX variant and the leanest in memory.
-The chunk size is planned per backend from XLA's own memory analysis of the compiled chunk;
-see :func:`jacobian_norms`.
+Why a host loop and not ``jax.lax.map`` / ``scan``: on XLA CPU a pullback inside a loop body
+was measured about 2x slower (XLA picks a slower convolution layout inside the loop body),
+while a Python loop over one compiled chunk function was the fastest JAX variant and the
+leanest in memory. The chunk size is planned per backend from XLA's own memory analysis of
+the compiled chunk; see :func:`jacobian_norms` and :data:`CPU_CHUNK_BYTES`.
 
 ``f`` is a static argument of the drivers' compiled functions: pass the same function object
 again and nothing is traced or compiled again (a fresh ``lambda`` per call recompiles, as with
@@ -37,15 +37,16 @@ Fn = Callable[[Array], Array]
 DEFAULT_MAX_BYTES = 2**30
 """Default byte budget of one compiled chunk (XLA's arguments + outputs + temporaries)."""
 
-CPU_CHUNK_BYTES = 2**27
-"""Byte target of one chunk on CPU, below ``max_bytes``.
+CPU_CHUNK_BYTES = 2**24
+"""Byte target of one chunk on CPU, below ``max_bytes``; accelerators use all of ``max_bytes``.
 
-Measured on 2 cores (``benchmarks/jacobian.py``): the VGG32-sized net was fastest with one
-sample per call (about 130 MB of XLA buffers each); the digits MLP is fastest with the
-largest chunks; 128 MiB picks both. Accelerators use the whole ``max_bytes``."""
+Measured on 2 cores (2 MiB L2 each; ``benchmarks/jacobian.py``, interleaved runs): the digits
+MLP ran equally fast with 16 to 128 samples per call (2-17 MB of XLA buffers) and about 20%
+slower from 256 (35 MB) on; the VGG32-sized net ran equally fast with 8 to 128 cotangents per
+call (9-143 MB; a forward pass is recomputed per block, which the smaller working set pays
+for). 16 MiB is fast for both and keeps memory low."""
 
 
-# ---------------------------------------------------------------------------------------------
 # Checks shared by every entry point
 
 
@@ -81,7 +82,6 @@ def _example(xs) -> jax.ShapeDtypeStruct:
     return jax.ShapeDtypeStruct(xs.shape[1:], xs.dtype)
 
 
-# ---------------------------------------------------------------------------------------------
 # Exact norms
 
 
@@ -174,6 +174,7 @@ def jacobian_norms(
       ``[B]`` norms ``||J(xs[b])||_F``.
     """
     _check_batch(xs)
+    _check_chunk_size(chunk_size)
     d, d_z = _embedding_shape(f, _example(xs))
     mode = resolve_mode(mode, d, d_z)
     num_basis = d_z if mode == "reverse" else d
@@ -195,7 +196,6 @@ def jacobian_norms(
     return jnp.sqrt(_map_chunks(run, (jnp.asarray(xs),), chunk))
 
 
-# ---------------------------------------------------------------------------------------------
 # Chunk planning and the host loop
 
 
@@ -205,6 +205,11 @@ def _target_bytes(max_bytes: int) -> int:
     if jax.default_backend() == "cpu":
         return min(max_bytes, CPU_CHUNK_BYTES)
     return max_bytes
+
+
+def _check_chunk_size(chunk_size: int | None) -> None:
+    if chunk_size is not None and chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive number of samples; got {chunk_size}")
 
 
 def _bytes(compiled) -> int:
@@ -247,7 +252,6 @@ def _map_chunks(run: Callable, arrays: tuple, chunk: int):
     return jax.tree.map(lambda *o: jnp.concatenate(o)[:batch], *outs)
 
 
-# ---------------------------------------------------------------------------------------------
 # Stochastic estimates of ||J||_F^2
 
 
@@ -398,8 +402,10 @@ def xnystrace_sqnorms(
 
     Returns:
       ``(estimate, stderr)``, each ``[B]``: the mean of the ``k`` leave-one-out estimates and
-      their ``std(ddof=1) / sqrt(k)``. The leave-one-out estimates are dependent, so this
-      standard error is a heuristic (it tends to be conservative), unlike Hutchinson's.
+      their ``std(ddof=1) / sqrt(k)``, the spread matfree's ``estimator_leave_one_out_mean_and_sem``
+      reports. The leave-one-out estimates are positively correlated, so this standard error
+      is too small: on tiny nets (k = 3, 4) its square was 0.25-0.6 of the estimate's variance.
+      Use it to compare, not for intervals; Hutchinson's standard error is calibrated.
     """
     d, d_z = _check_stochastic(f, xs, keys, num_probes, side, probes)
     if probes not in _XNYS_PROBES:
@@ -458,6 +464,7 @@ def estimate_sqnorms(
     """
     _registry_get(ESTIMATORS, estimator, "estimator")
     _check_batch(xs)
+    _check_chunk_size(chunk_size)
     keys = jax.random.split(key, xs.shape[0])
     static = dict(estimator=estimator, num_probes=num_probes, side=side, probes=probes)
 
@@ -472,7 +479,6 @@ def estimate_sqnorms(
     return _map_chunks(compiled(chunk), (jnp.asarray(xs), keys), chunk)
 
 
-# ---------------------------------------------------------------------------------------------
 # Paths between samples (the paper's Fig. 3)
 
 
@@ -550,6 +556,7 @@ def path_length(
       max_bytes, chunk_size: as in :func:`jacobian_norms`.
     """
     _check_pairs(x0s, x1s)
+    _check_chunk_size(chunk_size)
     _embedding_shape(f, _example(x0s))
     if num_points < 2:
         raise ValueError(f"num_points must be at least 2; got {num_points}")
@@ -570,7 +577,6 @@ def path_length(
     return jnp.trapezoid(speeds, ts, axis=1)
 
 
-# ---------------------------------------------------------------------------------------------
 # Jacobian norm difference (Eq. 20)
 
 

@@ -1,0 +1,437 @@
+"""Jacobian-norm engine: throughput, peak memory and accuracy, against PyTorch when installed.
+
+Command (from the repository root)::
+
+    .venv/bin/python benchmarks/jacobian.py            # about 10 min on 2 CPU cores
+    .venv/bin/python benchmarks/jacobian.py --quick    # about 4 min, fewer samples
+
+Prints one table. Rows, for (a) the digits MLP (8x8x1 -> 128) and (b) VGG32 (classifier32 on
+32x32x3, d_z = 128), both at random init (``jacosr.models``, eval mode, ``embedding_fn``):
+exact reverse and forward mode (:func:`jacosr.jacobian.jacobian_norms`), every stochastic
+estimator (:func:`jacosr.jacobian.estimate_sqnorms`) at k = 1, 4, 16 probes, and -- when
+``torch`` is importable (optional, not a dependency) -- ``torch.func.vmap(jacrev)`` (and
+``vmap(jacfwd)`` on the MLP) and a per-sample ``torch.autograd`` loop on the same architecture
+and weights (copied from the NNX model), so the JAX / PyTorch ratio comes from one run.
+
+Columns: samples/s (wall), CPU seconds per sample (all threads; steadier than wall time when
+other jobs share the machine), peak RSS during the row, and the median and 90th percentile of
+``| estimate - exact | / exact`` for the norm ``||J||_F`` against exact reverse mode (for the
+stochastic rows the estimate is ``sqrt`` of the unbiased estimate of ``||J||_F^2``).
+
+Each allocator (glibc malloc; jemalloc by ``LD_PRELOAD`` of Debian's ``libjemalloc2``, when
+installed) runs the whole set; each row group runs in a fresh subprocess of this script, so a
+row's RSS is its own process's. Stochastic rows use ``rbg`` PRNG keys: they compile in a
+fraction of the time of threefry keys on XLA CPU, and the estimators' statistics do not depend
+on the bit generator.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+JEMALLOC = Path("/usr/lib/x86_64-linux-gnu/libjemalloc.so.2")
+KS = (1, 4, 16)
+STOCHASTIC = (
+    ("hutchinson", "output", "rademacher"),
+    ("hutchinson", "output", "sphere"),
+    ("hutchinson", "output", "gaussian"),
+    ("hutchinson", "input", "rademacher"),
+    ("hutchinson", "input", "sphere"),
+    ("hutchinson", "input", "gaussian"),
+    ("xnystrace", "output", "gaussian"),
+)
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """Samples per row: the MLP at two batch sizes, VGG32 as few as the time allows."""
+
+    mlp_batches: tuple[int, ...] = (32, 1024)
+    vgg_batch: int = 16
+    vgg_forward_batch: int = 1
+    vgg_torch_vmap_batch: int = 8
+    vgg_torch_loop_batch: int = 2
+    min_seconds: float = 2.0
+
+
+QUICK = Sizes(vgg_batch=8, vgg_forward_batch=0, vgg_torch_loop_batch=1, min_seconds=1.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Measuring one row (inside a child process)
+
+
+class PeakRss:
+    """Peak resident set size of this process while the block runs, sampled every 5 ms."""
+
+    def __enter__(self):
+        self.peak = _rss_bytes()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+        return self
+
+    def _watch(self):
+        while not self._stop.wait(0.005):
+            self.peak = max(self.peak, _rss_bytes())
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, _rss_bytes())
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def measure(run, batch: int, min_seconds: float, warm=None) -> dict:
+    """Time ``run()`` (returning ``[batch]`` norms) after one call of ``warm`` (default: ``run``
+    itself, which compiles), repeating until ``min_seconds`` have passed; report the rate, the
+    CPU time and the peak RSS of the timed calls."""
+    (warm or run)()
+    calls, norms = 0, None
+    with PeakRss() as rss:
+        wall, cpu = time.perf_counter(), time.process_time()
+        while calls == 0 or time.perf_counter() - wall < min_seconds:
+            norms = np.asarray(run())
+            calls += 1
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    return {
+        "samples_per_s": calls * batch / wall,
+        "cpu_s_per_sample": cpu / (calls * batch),
+        "peak_mb": rss.peak / 2**20,
+        "norms": norms.tolist(),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Models: the NNX model, its pure f, and the same weights in torch
+
+
+def build(net: str):
+    """``(model, f, xs)``: random-init model, its eval-mode ``f(x) -> [128]``, and inputs."""
+    import jax
+    from flax import nnx
+
+    from jacosr.models import ModelConfig, OpenSetNet, embedding_fn, split_model
+
+    if net == "mlp":
+        from sklearn.datasets import load_digits
+
+        shape, config = (8, 8, 1), ModelConfig(backbone="mlp", embed_dim=128, width=256)
+        digits = load_digits().images.astype(np.float32)
+        xs = (digits[:1024, :, :, None] / 8.0 - 1.0).astype(np.float32)
+    else:
+        shape, config = (32, 32, 3), ModelConfig(backbone="vgg32", embed_dim=128)
+        xs = np.random.default_rng(0).uniform(-1, 1, (64, *shape)).astype(np.float32)
+    model = OpenSetNet(config, image_shape=shape, num_classes=10, head="linear", rngs=nnx.Rngs(0))
+    f = embedding_fn(*split_model(model))
+    return model, f, jax.numpy.asarray(xs)
+
+
+def torch_twin(model, net: str):
+    """The NNX backbone rebuilt in torch (eval mode) with the same weights: ``x: [B, ...] ->
+    [B, 128]`` on NHWC inputs, as the JAX model takes them."""
+    import torch
+
+    def t(a):
+        return torch.from_numpy(np.array(a[...], dtype=np.float32))
+
+    def batchnorm(bn):
+        m = torch.nn.BatchNorm2d if net == "vgg32" else torch.nn.BatchNorm1d
+        layer = m(bn.scale.shape[0], eps=bn.epsilon)
+        layer.weight.data, layer.bias.data = t(bn.scale), t(bn.bias)
+        layer.running_mean.data, layer.running_var.data = t(bn.mean), t(bn.var)
+        return layer
+
+    bb = model.backbone
+    layers = []
+    if net == "mlp":
+        layers.append(torch.nn.Flatten())
+        for linear, bn in zip(bb.hidden, bb.norms, strict=True):
+            lin = torch.nn.Linear(*linear.kernel.shape)
+            lin.weight.data, lin.bias.data = t(linear.kernel).T.contiguous(), t(linear.bias)
+            layers += [lin, batchnorm(bn), torch.nn.ReLU()]
+        out = torch.nn.Linear(*bb.out.kernel.shape)
+        out.weight.data, out.bias.data = t(bb.out.kernel).T.contiguous(), t(bb.out.bias)
+        layers.append(out)
+        body = torch.nn.Sequential(*layers)
+        to_torch = lambda x: x  # flattening NHWC matches JAX's reshape
+    else:
+        for conv, bn in zip(bb.convs, bb.norms, strict=True):
+            kh, _, ci, co = conv.kernel.shape
+            c = torch.nn.Conv2d(ci, co, kh, conv.stride, conv.padding, bias=False)
+            c.weight.data = t(conv.kernel).permute(3, 2, 0, 1).contiguous()
+            layers += [c, batchnorm(bn), torch.nn.LeakyReLU(0.2)]
+        layers += [torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten()]
+        body = torch.nn.Sequential(*layers)
+        to_torch = lambda x: x.permute(0, 3, 1, 2)
+    body.eval()
+    for p in body.parameters():
+        p.requires_grad_(False)
+    return lambda x: body(to_torch(x))
+
+
+# ---------------------------------------------------------------------------------------------
+# Row groups (each a child process)
+
+
+def rows_exact(net: str, mode: str, sizes: Sizes, **_):
+    import jax
+
+    from jacosr import jacobian
+
+    _, f, xs = build(net)
+    batches = sizes.mlp_batches if net == "mlp" else (sizes.vgg_batch,)
+    if net == "vgg32" and mode == "forward":
+        batches = (sizes.vgg_forward_batch,) if sizes.vgg_forward_batch else ()
+    for b in batches:
+        run = lambda b=b: jax.block_until_ready(jacobian.jacobian_norms(f, xs[:b], mode=mode))
+        # On CPU VGG32 runs one sample per call, so one sample compiles what the batch uses.
+        warm = (lambda run=run: run(1)) if net == "vgg32" else None
+        row = measure(run, b, sizes.min_seconds, warm)
+        yield {"method": f"jax exact {mode}", "k": "", "batch": b} | row
+
+
+def rows_stochastic(net: str, sizes: Sizes, **_):
+    import jax
+
+    from jacosr import jacobian
+
+    _, f, xs = build(net)
+    b = sizes.mlp_batches[-1] if net == "mlp" else sizes.vgg_batch
+    key = jax.random.key(0, impl="rbg")
+    for estimator, side, probes in STOCHASTIC:
+        for k in KS:
+            if estimator == "xnystrace" and k < 2:
+                continue
+            # One chunk of the whole batch (a few MB to 300 MB here): one compile per row
+            # instead of the planner's two; the exact rows exercise the planner.
+            kw = dict(estimator=estimator, side=side, probes=probes, num_probes=k, chunk_size=b)
+            run = lambda kw=kw: jax.numpy.sqrt(
+                jax.block_until_ready(jacobian.estimate_sqnorms(f, xs[:b], key, **kw)[0])
+            )
+            method = f"jax {estimator} {side} {probes}"
+            yield {"method": method, "k": k, "batch": b} | measure(run, b, sizes.min_seconds)
+
+
+def rows_torch(net: str, sizes: Sizes, **_):
+    try:
+        import torch
+    except ImportError:
+        return
+    model, _, xs = build(net)
+    body = torch_twin(model, net)
+    xt = torch.from_numpy(np.asarray(xs))
+    one = lambda x: body(x[None])[0]
+    eye = torch.eye(128)
+
+    def func(transform):
+        def make(b):
+            def run():
+                jac = torch.func.vmap(transform(one))(xt[:b])
+                return jac.pow(2).flatten(1).sum(1).sqrt().numpy()
+
+            return run
+
+        return make
+
+    def autograd_loop(b):
+        """Per sample: the sample repeated d_z times as a batch, one backward pass with the
+        identity as cotangents (row i of the input gradient is row i of J)."""
+
+        def run():
+            out = []
+            for x in xt[:b]:
+                xr = x[None].repeat(128, *([1] * x.dim())).requires_grad_(True)
+                (g,) = torch.autograd.grad(body(xr), xr, eye)
+                out.append(float(g.pow(2).sum().sqrt()))
+            return np.array(out)
+
+        return run
+
+    if net == "mlp":
+        cases = [
+            (name, make, b)
+            for name, make in (
+                ("torch.func vmap(jacrev)", func(torch.func.jacrev)),
+                ("torch.func vmap(jacfwd)", func(torch.func.jacfwd)),
+                ("torch autograd loop", autograd_loop),
+            )
+            for b in sizes.mlp_batches
+        ]
+    else:
+        cases = [
+            ("torch.func vmap(jacrev)", func(torch.func.jacrev), sizes.vgg_torch_vmap_batch),
+            ("torch autograd loop", autograd_loop, sizes.vgg_torch_loop_batch),
+        ]
+    for method, make, b in cases:
+        # torch compiles nothing: one warm-up sample sets up its thread pools and caches.
+        row = measure(make(b), b, sizes.min_seconds, warm=make(1))
+        yield {"method": method, "k": "", "batch": b} | row
+
+
+GROUPS = {
+    "exact_reverse": lambda **kw: rows_exact(mode="reverse", **kw),
+    "exact_forward": lambda **kw: rows_exact(mode="forward", **kw),
+    "stochastic": rows_stochastic,
+    "torch": rows_torch,
+}
+
+
+def child(net: str, group: str, quick: bool) -> None:
+    """Run one row group and print one JSON object per row."""
+    sizes = QUICK if quick else Sizes()
+    for row in GROUPS[group](net=net, sizes=sizes):
+        print(json.dumps({"net": net} | row), flush=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# The parent: every allocator, every net, every group; then one table
+
+
+def allocators() -> dict[str, dict[str, str]]:
+    out = {"glibc": {}}
+    if JEMALLOC.exists():
+        out["jemalloc"] = {"LD_PRELOAD": str(JEMALLOC)}
+    return out
+
+
+def run_child(net: str, group: str, env_extra: dict, quick: bool) -> list[dict]:
+    cmd = [sys.executable, __file__, "--child", net, group] + (["--quick"] if quick else [])
+    env = os.environ | env_extra | {"PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        print(f"[{net} {group}] failed:\n{proc.stderr[-3000:]}", file=sys.stderr)
+        return []
+    rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    print(f"  {net:6s} {group:14s} {len(rows):2d} rows", file=sys.stderr, flush=True)
+    return rows
+
+
+def relative_errors(rows: list[dict]) -> None:
+    """Add median / p90 relative norm error against exact reverse mode on the same samples."""
+    exact = {}
+    for r in rows:
+        if r["method"] == "jax exact reverse":
+            exact[r["net"]] = max(exact.get(r["net"], []), r["norms"], key=len)
+    for r in rows:
+        ref = np.asarray(exact[r["net"]][: len(r["norms"])])
+        err = np.abs(np.asarray(r["norms"]) - ref) / ref
+        r["err_median"], r["err_p90"] = float(np.median(err)), float(np.quantile(err, 0.9))
+
+
+def table(results: dict[str, list[dict]]) -> str:
+    names = list(results)
+    keyed = {
+        a: {(r["net"], r["method"], r["k"], r["batch"]): r for r in rs} for a, rs in results.items()
+    }
+    order = list(dict.fromkeys(key for a in names for key in keyed[a]))
+
+    def cells(key, field, fmt):
+        return [fmt.format(keyed[a][key][field]) if key in keyed[a] else "-" for a in names]
+
+    head = (
+        ["net", "method", "k", "batch"]
+        + [f"samples/s {a}" for a in names]
+        + [f"cpu-s/sample {a}" for a in names]
+        + [f"peak RSS MB {a}" for a in names]
+        + ["rel.err median", "rel.err p90"]
+    )
+    lines = []
+    for key in order:
+        first = next(keyed[a][key] for a in names if key in keyed[a])
+        lines.append(
+            [
+                key[0],
+                key[1],
+                str(key[2]),
+                str(key[3]),
+                *cells(key, "samples_per_s", "{:.3g}"),
+                *cells(key, "cpu_s_per_sample", "{:.3g}"),
+                *cells(key, "peak_mb", "{:.0f}"),
+                f"{first['err_median']:.2%}",
+                f"{first['err_p90']:.2%}",
+            ]
+        )
+    widths = [max(len(row[i]) for row in [head, *lines]) for i in range(len(head))]
+    fmt = lambda row: " | ".join(
+        c.ljust(w) if i < 2 else c.rjust(w)
+        for i, (c, w) in enumerate(zip(row, widths, strict=True))
+    )
+    rule = "-+-".join("-" * w for w in widths)
+    return "\n".join([fmt(head), rule, *map(fmt, lines)])
+
+
+def machine_notes() -> str:
+    import platform
+
+    import jax
+
+    try:
+        import torch
+
+        torch_version = f"torch {torch.__version__} ({torch.get_num_threads()} threads)"
+    except ImportError:
+        torch_version = "torch not installed (its rows skipped)"
+    cpu = next(
+        (
+            ln.split(":", 1)[1].strip()
+            for ln in open("/proc/cpuinfo")
+            if ln.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    return (
+        f"machine: {cpu}, {os.cpu_count()} cores; jax {jax.__version__} "
+        f"({jax.default_backend()}); {torch_version}; load average at end {load}"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer samples (about 4 min)")
+    parser.add_argument("--child", nargs=2, metavar=("NET", "GROUP"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(*args.child, quick=args.quick)
+        return
+    results = {}
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="jacobian-bench-xla-") as cache:
+        # The second allocator's processes load the first one's executables from XLA's
+        # persistent cache instead of compiling them again (compiles are not timed either way).
+        compile_cache = {
+            "JAX_COMPILATION_CACHE_DIR": cache,
+            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+        }
+        for name, env in allocators().items():
+            print(f"allocator {name}", file=sys.stderr, flush=True)
+            rows = []
+            for net in ("mlp", "vgg32"):
+                for group in GROUPS:
+                    rows += run_child(net, group, env | compile_cache, args.quick)
+            relative_errors(rows)
+            results[name] = rows
+    print(table(results))
+    print()
+    print(machine_notes())
+    print(f"benchmark wall time {time.perf_counter() - start:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
