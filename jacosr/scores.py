@@ -195,7 +195,7 @@ def score_openmax(model: OpenMax, activations: np.ndarray, *, alpha: int = 2) ->
     num_classes = activations.shape[-1]
     alpha = min(alpha, num_classes)
     distance = np.linalg.norm(activations[:, None, :] - model.means[None], axis=-1)
-    cdf = 1.0 - np.exp(-((distance / model.scale) ** model.shape))
+    cdf = weibull_min.cdf(distance, model.shape, scale=model.scale)
     rank = np.argsort(np.argsort(-activations, axis=-1), axis=-1)
     rank_weight = np.clip((alpha - rank) / alpha, 0.0, None)
     w = 1.0 - rank_weight * cdf
