@@ -77,3 +77,34 @@ def plot_path_profiles(
         ax.set_xlim(ts[0], ts[-1])
         ax.legend(frameon=False, fontsize=8, loc="best")
     return fig
+
+
+def plot_summary(summary: Mapping[str, Mapping[str, dict]], *, title: str) -> Figure:
+    """Grouped bars: one group per row, one bar per column (mean ± std), seeds as dots."""
+    rows = list(summary)
+    columns = list(summary[rows[0]])
+    width = 0.8 / len(columns)
+    fig = Figure(
+        figsize=(min(12.0, max(6.0, 0.35 * len(rows) * len(columns))), 4.5), layout="tight"
+    )
+    ax = fig.subplots()
+    x = np.arange(len(rows))
+    lowest = 1.0
+    for i, column in enumerate(columns):
+        mean = np.array([summary[r][column]["mean"] for r in rows])
+        std = np.array([summary[r][column]["std"] for r in rows])
+        pos = x + (i - (len(columns) - 1) / 2) * width
+        ax.bar(pos, mean, width, yerr=std, capsize=2, label=column, alpha=0.8)
+        for p, r in zip(pos, rows, strict=True):
+            values = summary[r][column]["values"]
+            ax.plot([p] * len(values), values, "k.", markersize=3)
+            lowest = min(lowest, *values)
+    ax.set_xticks(x, rows, rotation=20, ha="right")
+    ax.set_ylim(max(0.0, lowest - 0.05), 1.005)
+    ax.set_ylabel("mean ± std over seeds (dots: seeds)")
+    ax.set_title(title)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(
+        frameon=False, fontsize=8, ncol=len(columns), loc="lower center", bbox_to_anchor=(0.5, 1.06)
+    )
+    return fig

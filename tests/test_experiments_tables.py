@@ -107,7 +107,7 @@ def test_summary_and_markdown():
     assert list(grid) == ["a/seed0", "a/seed1", "a/seed2", "b/seed0", "b/seed1", "b/seed2"]
     assert [c.seed for c in grid.values()] == [0, 1, 2, 0, 1, 2]
     results = {name: {"x": {"y": i}} for i, name in enumerate(grid)}
-    summary = summarise(results, ["a", "b"], 3, {"Y": ("x", "y")})
+    summary = summarise(results, {"Y": ("x", "y")})
     assert summary["b"]["Y"] == {"mean": 4.0, "std": 1.0, "values": [3.0, 4.0, 5.0]}
     table = markdown_table(
         summary, row_header="row", labels={"a": ["✓"], "b": [""]}, label_headers=["S"]

@@ -41,12 +41,12 @@ from jacosr.config import cli, to_dict
 from jacosr.evaluate import EvalConfig
 from jacosr.experiments.grid import (
     markdown_table,
-    plot_summary,
     run_grid,
     seed_grid,
     summarise,
     write_table,
 )
+from jacosr.plots import plot_summary
 from jacosr.train import PAPER_SELF_SUP, TrainConfig
 from jacosr.workdir import prepare_workdir
 
@@ -153,7 +153,7 @@ def run(config: AblationConfig, workdir: Path, *, overwrite: bool = False) -> di
     grid = {row.name: ablation_config(row, config.train) for row in chosen}
     workdir = prepare_workdir(workdir, to_dict(config), overwrite=overwrite)
     results = run_grid(seed_grid(grid, config.seeds), workdir / "runs", EVALUATION)
-    summary = summarise(results, list(grid), config.seeds, COLUMNS)
+    summary = summarise(results, COLUMNS)
     marks = {row.name: ["✓" if on else "" for on in row] for row in chosen}
     markdown = markdown_table(summary, row_header="row", labels=marks, label_headers=SWITCH_LABELS)
     split = next(iter(results.values()))["split"]

@@ -2,9 +2,10 @@
 
 :func:`run_grid` trains and evaluates every config of a grid in its own sub-workdir (one tqdm
 bar over the runs; a finished run with the same config and evaluation is read back, a partial
-one resumes from its checkpoint). :func:`summarise` turns the per-seed results into mean and
-standard deviation per row and column; :func:`markdown_table` and :func:`plot_summary` render
-the summary; :func:`write_table` writes ``table.md``, ``table.json`` and ``table.png``.
+one resumes from its checkpoint). :func:`summarise` turns the per-replicate results into mean
+and standard deviation per row and column; :func:`markdown_table` and
+:func:`jacosr.plots.plot_summary` render the summary; :func:`write_table` writes ``table.md``,
+``table.json`` and ``table.png``.
 """
 
 from __future__ import annotations
@@ -77,16 +78,18 @@ def _lookup(results: dict, path: tuple[str, ...]) -> float:
     return float(value)
 
 
-def summarise(
-    results: Mapping[str, dict], rows: Sequence[str], seeds: int, columns: Columns
-) -> dict[str, dict[str, dict]]:
-    """``row -> column -> {"mean", "std", "values"}`` over the seeds of :func:`seed_grid`.
+def summarise(results: Mapping[str, dict], columns: Columns) -> dict[str, dict[str, dict]]:
+    """``row -> column -> {"mean", "std", "values"}`` over the replicates of each row.
 
-    ``std`` is the sample standard deviation (ddof 1; 0 for a single seed).
+    Run names are ``<row>/<replicate>`` (``<row>/seed<i>`` from :func:`seed_grid`,
+    ``<benchmark>/split<i>`` in Protocol A); rows keep the order of their first run.
+    ``std`` is the sample standard deviation (ddof 1; 0 for a single replicate).
     """
+    grouped: dict[str, list[dict]] = {}
+    for name, result in results.items():
+        grouped.setdefault(name.rsplit("/", 1)[0], []).append(result)
     summary = {}
-    for row in rows:
-        runs = [results[f"{row}/seed{s}"] for s in range(seeds)]
+    for row, runs in grouped.items():
         summary[row] = {}
         for header, path in columns.items():
             values = np.array([_lookup(r, path) for r in runs])
@@ -123,37 +126,6 @@ def markdown_table(
         cells += [f"{summary[row][c]['mean']:.4f} ± {summary[row][c]['std']:.4f}" for c in columns]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
-
-
-def plot_summary(summary: Mapping[str, Mapping[str, dict]], *, title: str) -> Figure:
-    """Grouped bars: one group per row, one bar per column (mean ± std), seeds as dots."""
-    rows = list(summary)
-    columns = list(summary[rows[0]])
-    width = 0.8 / len(columns)
-    fig = Figure(
-        figsize=(min(12.0, max(6.0, 0.35 * len(rows) * len(columns))), 4.5), layout="tight"
-    )
-    ax = fig.subplots()
-    x = np.arange(len(rows))
-    lowest = 1.0
-    for i, column in enumerate(columns):
-        mean = np.array([summary[r][column]["mean"] for r in rows])
-        std = np.array([summary[r][column]["std"] for r in rows])
-        pos = x + (i - (len(columns) - 1) / 2) * width
-        ax.bar(pos, mean, width, yerr=std, capsize=2, label=column, alpha=0.8)
-        for p, r in zip(pos, rows, strict=True):
-            values = summary[r][column]["values"]
-            ax.plot([p] * len(values), values, "k.", markersize=3)
-            lowest = min(lowest, *values)
-    ax.set_xticks(x, rows, rotation=20, ha="right")
-    ax.set_ylim(max(0.0, lowest - 0.05), 1.005)
-    ax.set_ylabel("mean ± std over seeds (dots: seeds)")
-    ax.set_title(title)
-    ax.grid(axis="y", alpha=0.3)
-    ax.legend(
-        frameon=False, fontsize=8, ncol=len(columns), loc="lower center", bbox_to_anchor=(0.5, 1.06)
-    )
-    return fig
 
 
 def write_table(

@@ -31,13 +31,13 @@ from jacosr.config import cli, to_dict
 from jacosr.evaluate import EvalConfig
 from jacosr.experiments.grid import (
     markdown_table,
-    plot_summary,
     run_grid,
     seed_grid,
     summarise,
     write_table,
 )
 from jacosr.losses import loss_spec
+from jacosr.plots import plot_summary
 from jacosr.train import TrainConfig
 from jacosr.workdir import prepare_workdir
 
@@ -82,7 +82,7 @@ def run(config: LossesTableConfig, workdir: Path, *, overwrite: bool = False) ->
     grid = rows(config)
     workdir = prepare_workdir(workdir, to_dict(config), overwrite=overwrite)
     results = run_grid(seed_grid(grid, config.seeds), workdir / "runs", EVALUATION)
-    summary = summarise(results, list(grid), config.seeds, COLUMNS)
+    summary = summarise(results, COLUMNS)
     markdown = markdown_table(summary, row_header="loss")
     split = next(iter(results.values()))["split"]
     title = f"{split['source']}: known {split['known_classes']}, {config.seeds} seeds"

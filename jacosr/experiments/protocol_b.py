@@ -1,0 +1,141 @@
+"""Protocol B (the paper's Table II): train on all of CIFAR10, detect ImageNet / LSUN images.
+
+    python -m jacosr.experiments.protocol_b                       # VGG32, m-OvR, 20k steps
+    python -m jacosr.experiments.protocol_b --ood lsun_crop lsun_resize --seeds 3
+
+Needs CIFAR10 and the OOD folders prepared (``python -m jacosr.data.prepare cifar10
+imagenet_crop imagenet_resize lsun_crop lsun_resize``; see the README). Runtime: one 20k-step
+VGG32 training per seed (a GPU job; hours on 2 CPU cores), then a few seconds of evaluation per
+OOD set. Each seed trains once in ``<workdir>/seed<i>`` (checkpointed, resumable) and is
+evaluated against every OOD set.
+
+All ten CIFAR10 classes are known; the unknown test images are an OOD set, resized (``*_resize``)
+or centre-cropped (``*_crop``) to 32x32 as distributed by the ODIN authors. The macro-F1 is over
+the 10 known classes plus "unknown", with the score threshold set so that ``reject_rate``
+(default 10%) of the known validation images are rejected (:func:`jacosr.metrics.metric_macro_f1`).
+
+Writes ``table.md`` (one row per score, one column per OOD set: macro-F1, mean ± std over
+seeds; plus the closed-set accuracy), ``table.json`` and ``table.png`` (bars, seeds as dots).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from jacosr.config import cli, to_dict
+from jacosr.data import load_open_set, protocol_b_config
+from jacosr.data.folders import OOD_FOLDERS
+from jacosr.evaluate import EvalConfig, evaluate
+from jacosr.experiments.grid import markdown_table, summarise, write_table
+from jacosr.models import ModelConfig
+from jacosr.plots import plot_summary
+from jacosr.train import TrainConfig, fit, resolve_techniques
+from jacosr.workdir import prepare_workdir
+
+
+@dataclass(frozen=True)
+class ProtocolBConfig:
+    """Protocol B.
+
+    Attributes:
+      train: the run (its data fields other than data_dir, split_seed and val_fraction are
+        replaced by CIFAR10 with all ten classes known).
+      ood: the out-of-distribution sets, the table's columns.
+      seeds: training seeds 0..seeds-1.
+      scores: unknown scores, the table's rows (see ``jacosr.scores.SCORES``).
+      reject_rate: fraction of the known validation images the threshold rejects.
+    """
+
+    train: TrainConfig = field(
+        default_factory=lambda: TrainConfig(model=ModelConfig(backbone="vgg32"))
+    )
+    ood: tuple[str, ...] = tuple(OOD_FOLDERS)
+    seeds: int = 1
+    scores: tuple[str, ...] = ("loss", "msp")
+    reject_rate: float = 0.1
+
+
+def ood_config(config: ProtocolBConfig, ood: str, seed: int) -> TrainConfig:
+    """The (resolved) training config of ``seed`` with the unknowns of ``ood``."""
+    data = config.train.data
+    return resolve_techniques(
+        dataclasses.replace(
+            config.train,
+            seed=seed,
+            data=protocol_b_config(
+                ood,
+                data_dir=data.data_dir,
+                split_seed=data.split_seed,
+                val_fraction=data.val_fraction,
+            ),
+        )
+    )
+
+
+def run(config: ProtocolBConfig, workdir: Path, *, overwrite: bool = False) -> dict:
+    """Train each seed once, evaluate it on every OOD set, write the table; return it.
+
+    Training sees only the known classes, so one model per seed serves every OOD set: it is
+    trained with the config of the first OOD set (recorded in ``seed<i>/config.json``).
+    """
+    if not config.ood:
+        raise ValueError(f"no OOD sets given; choose from: {', '.join(OOD_FOLDERS)}")
+    if config.seeds < 1:
+        raise ValueError(f"seeds must be >= 1, got {config.seeds}")
+    evaluation = EvalConfig(scores=config.scores, reject_rate=config.reject_rate)
+    workdir = prepare_workdir(workdir, to_dict(config), overwrite=overwrite)
+    per_score: dict[str, dict] = {}
+    splits = {}
+    for seed in tqdm(range(config.seeds), desc="seeds", unit="model"):
+        first = ood_config(config, config.ood[0], seed)
+        data = load_open_set(first.data)
+        graphdef, state = fit(first, data, workdir / f"seed{seed}")
+        for ood in config.ood:
+            data = load_open_set(ood_config(config, ood, seed).data)
+            result = evaluate(graphdef, state, data, first.loss, evaluation)
+            splits[ood] = result["split"]
+            for score in config.scores:
+                cell = per_score.setdefault(f"{score}/seed{seed}", {"accuracy": result["accuracy"]})
+                cell[ood] = result["scores"][score]["macro_f1"]
+    columns = {ood: (ood,) for ood in config.ood} | {"ACC": ("accuracy",)}
+    summary = {
+        f"{config.train.loss.loss} ({score})": cells
+        for score, cells in summarise(per_score, columns).items()
+    }
+    markdown = markdown_table(summary, row_header="method (score)")
+    meta = {"config": to_dict(config), "evaluation": to_dict(evaluation), "splits": splits}
+    title = f"Protocol B: macro-F1 at {config.reject_rate:.0%} known rejection, CIFAR10 known"
+    write_table(workdir, summary, markdown, plot_summary(summary, title=title), meta)
+    return {"summary": summary, "markdown": markdown}
+
+
+@dataclass(frozen=True)
+class ProtocolBArgs:
+    """Protocol B: CIFAR10 known, ImageNet/LSUN crop/resize unknown, macro-F1 (Table II).
+
+    Attributes:
+      config: the protocol.
+      workdir: where table.md, table.json, table.png and the models (seed<i>/) go.
+      overwrite: delete a run with a different config in workdir instead of refusing.
+    """
+
+    config: ProtocolBConfig = field(default_factory=ProtocolBConfig)
+    workdir: Path = Path("runs/protocol_b")
+    overwrite: bool = False
+
+
+def main(args: list[str] | None = None) -> dict:
+    parsed = cli(ProtocolBArgs, args=args)
+    result = run(parsed.config, parsed.workdir, overwrite=parsed.overwrite)
+    print(result["markdown"])
+    for name in ("table.md", "table.json", "table.png"):
+        print(f"wrote {parsed.workdir / name}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
