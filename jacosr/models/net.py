@@ -13,10 +13,16 @@ from flax import nnx
 from jacosr.models.heads import NORMALISED_HEADS, ClassHead, unit_normalise
 from jacosr.models.lenet import LeNet
 from jacosr.models.mlp import MLP
+from jacosr.models.resnet import ResNet18
+from jacosr.models.vgg32 import VGG32
+from jacosr.models.wrn import WRN
 
 BACKBONES: dict[str, Callable[..., nnx.Module]] = {
     "mlp": MLP,
     "lenet": LeNet,
+    "vgg32": VGG32,
+    "wrn16_4": WRN,
+    "resnet18": ResNet18,
 }
 
 

@@ -1,0 +1,180 @@
+"""The im2col convolution against lax.conv_general_dilated: values, gradients, forward mode."""
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from jax import lax
+
+from jacosr.models import VGG32, ModelConfig, OpenSetNet, apply_model, split_model
+from jacosr.models.conv import Conv, conv2d, explicit_padding, resolve_conv_impl
+
+# float32, sums over up to 9 * 8 * 2 * 6 * 6 terms in a different order from XLA's.
+RTOL = 1e-5
+
+
+def reference(x, kernel, stride, padding):
+    pads = explicit_padding(padding, x.shape[1:3], kernel.shape[:2], stride)
+    return lax.conv_general_dilated(
+        x, kernel, (stride, stride), pads, dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
+
+
+def close(a, b, rtol=RTOL):
+    """Elementwise to ``rtol`` relative to the largest magnitude (cancellation makes entries
+    near zero meaningless on their own)."""
+    a, b = np.asarray(a), np.asarray(b)
+    np.testing.assert_allclose(a, b, rtol=rtol, atol=rtol * np.abs(b).max())
+
+
+CASES = [
+    # (kernel size, stride, padding, H, W)
+    (3, 1, "SAME", 6, 6),
+    (3, 2, "SAME", 6, 6),
+    (3, 1, 1, 7, 5),
+    (3, 2, 1, 7, 6),
+    (1, 2, 0, 6, 6),
+    (3, 2, "VALID", 7, 7),
+]
+
+
+def _inputs(seed, k, h, w, ci=5, co=4):
+    """``x: [2, h, w, ci]``, ``kernel: [k, k, ci, co]`` and a numpy generator for tangents
+    (numpy, so that making inputs compiles nothing)."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((2, h, w, ci), dtype=np.float32)
+    kernel = rng.standard_normal((k, k, ci, co), dtype=np.float32) / k
+    return x, kernel, rng
+
+
+@pytest.mark.parametrize(("k", "stride", "padding", "h", "w"), CASES)
+def test_values_and_gradients_match_plain_convolution(k, stride, padding, h, w):
+    def value_and_grads(conv):
+        def f(x, kernel, cotangent):
+            y, vjp = jax.vjp(conv, x, kernel)
+            return y, *vjp(cotangent)
+
+        return jax.jit(f)
+
+    ours = value_and_grads(
+        lambda x, k_: conv2d(x, k_, stride=stride, padding=padding, impl="im2col")
+    )
+    ref = value_and_grads(lambda x, k_: reference(x, k_, stride, padding))
+    for seed in (0, 1):
+        x, kernel, rng = _inputs(seed, k, h, w)
+        shape = jax.eval_shape(partial(reference, stride=stride, padding=padding), x, kernel).shape
+        cotangent = rng.standard_normal(shape, dtype=np.float32)
+        # value, input gradient, kernel gradient (the im2col products)
+        for a, b in zip(ours(x, kernel, cotangent), ref(x, kernel, cotangent), strict=True):
+            close(a, b)
+
+
+@pytest.mark.parametrize(("k", "stride", "padding", "h", "w"), CASES[:4])
+def test_forward_mode_matches_plain_convolution(k, stride, padding, h, w):
+    x, kernel, rng = _inputs(3, k, h, w)
+    dx, dk = rng.standard_normal(x.shape, np.float32), rng.standard_normal(kernel.shape, np.float32)
+
+    def derivatives(conv):
+        def f(x, kernel, dx, dk):
+            def loss(k_):
+                return jnp.sum(jnp.tanh(conv(x, k_)))
+
+            return (
+                jax.jvp(conv, (x, kernel), (dx, dk))[1],  # both tangents
+                jax.jvp(lambda x_: conv(x_, kernel), (x,), (dx,))[1],  # kernel tangent zero
+                jax.jvp(lambda k_: conv(x, k_), (kernel,), (dk,))[1],  # input tangent zero
+                jax.jvp(jax.grad(loss), (kernel,), (dk,))[1],  # Hessian-vector product
+            )
+
+        return jax.jit(f)
+
+    ours = derivatives(lambda x, k_: conv2d(x, k_, stride=stride, padding=padding, impl="im2col"))
+    ref = derivatives(lambda x, k_: reference(x, k_, stride, padding))
+    rtols = (RTOL, RTOL, RTOL, 1e-4)
+    for a, b, rtol in zip(ours(x, kernel, dx, dk), ref(x, kernel, dx, dk), rtols, strict=True):
+        close(a, b, rtol)
+
+
+def _kernel_shaped_convolutions(fn, *args) -> int:
+    """How many convolutions in ``fn``'s StableHLO produce an array of the kernel's shape."""
+    text = jax.jit(fn).lower(*args).as_text()
+    kernel_type = "tensor<" + "x".join(map(str, args[0].shape)) + "xf32>"
+    return sum(
+        "stablehlo.convolution" in line and line.rstrip().endswith(kernel_type)
+        for line in text.splitlines()
+    )
+
+
+def test_kernel_gradient_is_matrix_products_not_a_convolution():
+    x, kernel, _ = _inputs(0, 3, 8, 8)
+
+    def grad_kernel(impl):
+        return jax.grad(lambda k_: jnp.sum(conv2d(x, k_, padding=1, impl=impl) ** 2))
+
+    assert _kernel_shaped_convolutions(grad_kernel("xla"), kernel) == 1
+    assert _kernel_shaped_convolutions(grad_kernel("im2col"), kernel) == 0
+
+
+def test_impl_resolution():
+    assert resolve_conv_impl("auto") == ("im2col" if jax.default_backend() == "cpu" else "xla")
+    assert resolve_conv_impl("xla") == "xla"
+    with pytest.raises(ValueError, match="valid impls are: auto, im2col, xla"):
+        resolve_conv_impl("cudnn")
+    with pytest.raises(ValueError, match="unknown conv impl"):
+        Conv(3, 4, rngs=nnx.Rngs(0), impl="fast")
+
+
+def _vgg_pair(image_shape):
+    """Two VGG32s with identical parameters, one per convolution implementation."""
+    ours = VGG32(image_shape, conv_impl="im2col", rngs=nnx.Rngs(0))
+    plain = VGG32(image_shape, conv_impl="xla", rngs=nnx.Rngs(0))
+    return ours, plain
+
+
+def test_vgg32_embedding_jacobians_match_plain_convolution():
+    """jacfwd and jacrev of the eval-mode embedding agree across implementations and modes."""
+    ours, plain = _vgg_pair((8, 8, 3))
+    x = jax.random.normal(jax.random.key(1), (8, 8, 3))
+
+    def embedding(model):
+        return lambda x: model(x[None])[0]
+
+    j_fwd = jax.jit(jax.jacfwd(embedding(ours)))(x)
+    j_rev = jax.jit(jax.jacrev(embedding(ours)))(x)
+    j_ref = jax.jit(jax.jacrev(embedding(plain)))(x)
+    assert j_fwd.shape == (128, 8, 8, 3)
+    close(j_fwd, j_ref, rtol=1e-4)
+    close(j_rev, j_ref, rtol=1e-4)
+
+
+def test_vgg32_training_gradient_matches_plain_convolution():
+    """Parameter gradients in train mode (batch statistics, dropout) agree across impls."""
+    graphs = [split_model(_net(m)) for m in _vgg_pair((8, 8, 3))]
+    x = jax.random.normal(jax.random.key(2), (4, 8, 8, 3))
+    key = jax.random.key(3)
+
+    def grads(graphdef, state):
+        def loss(params):
+            out, _ = apply_model(graphdef, state._replace(params=params), x, train=True, key=key)
+            return jnp.sum(jnp.sin(out.logits))
+
+        return jax.jit(jax.grad(loss))(state.params)
+
+    ours, ref = (grads(*g) for g in graphs)
+    for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(ref), strict=True):
+        close(a, b, rtol=1e-4)
+
+
+def _net(backbone):
+    net = OpenSetNet(
+        ModelConfig(backbone="vgg32"),
+        image_shape=(8, 8, 3),
+        num_classes=3,
+        head="linear",
+        rngs=nnx.Rngs(5),
+    )
+    net.backbone = backbone
+    return net
