@@ -37,13 +37,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
-from jacosr.config import cli, to_dict
+from jacosr.config import to_dict
 from jacosr.evaluate import EvalConfig
 from jacosr.experiments.grid import (
     markdown_table,
     run_grid,
     seed_grid,
     summarise,
+    table_main,
     write_table,
 )
 from jacosr.plots import plot_summary
@@ -179,12 +180,7 @@ class AblationArgs:
 
 
 def main(args: list[str] | None = None) -> dict:
-    parsed = cli(AblationArgs, args=args)
-    result = run(parsed.config, parsed.workdir, overwrite=parsed.overwrite)
-    print(result["markdown"])
-    for name in ("table.md", "table.json", "table.png"):
-        print(f"wrote {parsed.workdir / name}")
-    return result
+    return table_main(AblationArgs, run, args)
 
 
 if __name__ == "__main__":

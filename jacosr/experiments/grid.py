@@ -19,7 +19,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from tqdm.auto import tqdm
 
-from jacosr.config import to_dict
+from jacosr.config import cli, to_dict
 from jacosr.evaluate import EvalConfig
 from jacosr.train import TrainConfig, resolve_techniques, run
 
@@ -126,6 +126,20 @@ def markdown_table(
         cells += [f"{summary[row][c]['mean']:.4f} ± {summary[row][c]['std']:.4f}" for c in columns]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+TABLE_FILES = ("table.md", "table.json", "table.png")
+
+
+def table_main(args_type: type, run_table, args: list[str] | None) -> dict:
+    """The command line of a table experiment: parse ``args_type`` (with fields ``config``,
+    ``workdir``, ``overwrite``), call ``run_table``, print the Markdown and the files written."""
+    parsed = cli(args_type, args=args)
+    result = run_table(parsed.config, parsed.workdir, overwrite=parsed.overwrite)
+    print(result["markdown"])
+    for name in TABLE_FILES:
+        print(f"wrote {parsed.workdir / name}")
+    return result
 
 
 def write_table(

@@ -27,13 +27,14 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from jacosr.config import cli, to_dict
+from jacosr.config import to_dict
 from jacosr.evaluate import EvalConfig
 from jacosr.experiments.grid import (
     markdown_table,
     run_grid,
     seed_grid,
     summarise,
+    table_main,
     write_table,
 )
 from jacosr.losses import loss_spec
@@ -107,12 +108,7 @@ class LossesTableArgs:
 
 
 def main(args: list[str] | None = None) -> dict:
-    parsed = cli(LossesTableArgs, args=args)
-    result = run(parsed.config, parsed.workdir, overwrite=parsed.overwrite)
-    print(result["markdown"])
-    for name in ("table.md", "table.json", "table.png"):
-        print(f"wrote {parsed.workdir / name}")
-    return result
+    return table_main(LossesTableArgs, run, args)
 
 
 if __name__ == "__main__":

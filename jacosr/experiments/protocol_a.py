@@ -26,10 +26,10 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from jacosr.config import cli, to_dict
+from jacosr.config import to_dict
 from jacosr.data import BENCHMARKS, protocol_a_config
 from jacosr.evaluate import EvalConfig
-from jacosr.experiments.grid import markdown_table, run_grid, summarise, write_table
+from jacosr.experiments.grid import markdown_table, run_grid, summarise, table_main, write_table
 from jacosr.models import ModelConfig
 from jacosr.plots import plot_summary
 from jacosr.train import TrainConfig
@@ -133,12 +133,7 @@ class ProtocolAArgs:
 
 
 def main(args: list[str] | None = None) -> dict:
-    parsed = cli(ProtocolAArgs, args=args)
-    result = run(parsed.config, parsed.workdir, overwrite=parsed.overwrite)
-    print(result["markdown"])
-    for name in ("table.md", "table.json", "table.png"):
-        print(f"wrote {parsed.workdir / name}")
-    return result
+    return table_main(ProtocolAArgs, run, args)
 
 
 if __name__ == "__main__":

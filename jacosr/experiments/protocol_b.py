@@ -26,11 +26,11 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from jacosr.config import cli, to_dict
+from jacosr.config import to_dict
 from jacosr.data import load_open_set, protocol_b_config
 from jacosr.data.folders import OOD_FOLDERS
 from jacosr.evaluate import EvalConfig, evaluate
-from jacosr.experiments.grid import markdown_table, summarise, write_table
+from jacosr.experiments.grid import markdown_table, summarise, table_main, write_table
 from jacosr.models import ModelConfig
 from jacosr.plots import plot_summary
 from jacosr.train import TrainConfig, fit, resolve_techniques
@@ -129,12 +129,7 @@ class ProtocolBArgs:
 
 
 def main(args: list[str] | None = None) -> dict:
-    parsed = cli(ProtocolBArgs, args=args)
-    result = run(parsed.config, parsed.workdir, overwrite=parsed.overwrite)
-    print(result["markdown"])
-    for name in ("table.md", "table.json", "table.png"):
-        print(f"wrote {parsed.workdir / name}")
-    return result
+    return table_main(ProtocolBArgs, run, args)
 
 
 if __name__ == "__main__":
