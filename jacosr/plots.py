@@ -56,7 +56,7 @@ def plot_path_profiles(
     the interquartile band. ``levels``: panel title -> ``(known_norms, unknown_norms)`` of the
     test samples, drawn as horizontal reference bands (interquartile range, median line).
     """
-    fig = Figure(figsize=(5 * len(profiles), 3.6), layout="tight")
+    fig = Figure(figsize=(5 * len(profiles), 4.0), layout="constrained")
     axes = fig.subplots(1, len(profiles), squeeze=False)
     for ax, (title, norms) in zip(axes[0], profiles.items(), strict=True):
         for values, colour, label in zip(
@@ -75,7 +75,14 @@ def plot_path_profiles(
         ax.set_xlabel(r"$t$ in $x_t = (1-t)\,x_0 + t\,x_1$ (classes $i \to j$)")
         ax.set_ylabel(r"$\|\partial f / \partial x\|_F$")
         ax.set_xlim(ts[0], ts[-1])
-        ax.legend(frameon=False, fontsize=8, loc="best")
+    # The bands span the whole axes, so one legend below the panels keeps the data visible.
+    fig.legend(
+        *axes[0, 0].get_legend_handles_labels(),
+        loc="outside lower center",
+        ncol=4,
+        frameon=False,
+        fontsize=8,
+    )
     return fig
 
 
