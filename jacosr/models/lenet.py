@@ -7,11 +7,13 @@ import math
 import jax
 from flax import nnx
 
+from jacosr.models.conv import Conv
+
 
 class LeNet(nnx.Module):
     """``[B, H, W, C] -> [B, embed_dim]``.
 
-    Two blocks of (5x5 conv, BatchNorm, ReLU, 2x2 max-pool) with 32 and 64 channels, then
+    Two blocks of (5x5 bias-free conv, BatchNorm, ReLU, 2x2 max-pool) with 32 and 64 channels, then
     (Linear ``width``, BatchNorm, ReLU) and a linear embedding layer.
     """
 
@@ -19,9 +21,11 @@ class LeNet(nnx.Module):
         self, image_shape: tuple[int, ...], embed_dim: int, *, width: int = 256, rngs: nnx.Rngs
     ):
         h, w, c = image_shape
-        self.conv1 = nnx.Conv(c, 32, (5, 5), padding="SAME", rngs=rngs)
+        # Bias-free convolutions (BatchNorm follows) from jacosr.models.conv: on CPU their weight
+        # gradient avoids XLA's, which is very slow inside the training dispatch's lax.scan.
+        self.conv1 = Conv(c, 32, 5, padding="SAME", rngs=rngs)
         self.bn1 = nnx.BatchNorm(32, momentum=0.9, rngs=rngs)
-        self.conv2 = nnx.Conv(32, 64, (5, 5), padding="SAME", rngs=rngs)
+        self.conv2 = Conv(32, 64, 5, padding="SAME", rngs=rngs)
         self.bn2 = nnx.BatchNorm(64, momentum=0.9, rngs=rngs)
         flat = math.ceil(math.ceil(h / 2) / 2) * math.ceil(math.ceil(w / 2) / 2) * 64
         self.fc = nnx.Linear(flat, width, rngs=rngs)
