@@ -2,8 +2,11 @@
 
 Command (from the repository root)::
 
-    .venv/bin/python benchmarks/jacobian.py            # about 10 min on 2 CPU cores
-    .venv/bin/python benchmarks/jacobian.py --quick    # about 4 min, fewer samples
+    .venv/bin/python benchmarks/jacobian.py            # 24 min measured on 2 shared cores
+    .venv/bin/python benchmarks/jacobian.py --quick    # fewer samples, no VGG32 forward mode
+
+(The 24 min were on 2 cores shared with other jobs, load average 4-5, and include two 300 s
+timeouts: see ``ROW_TIMEOUT_S``.)
 
 Prints one table. Rows, for (a) the digits MLP (8x8x1 -> 128) and (b) VGG32 (classifier32 on
 32x32x3, d_z = 128), both at random init (``jacosr.models``, eval mode, ``embedding_fn``):
@@ -30,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import queue
 import subprocess
 import sys
 import tempfile
@@ -40,6 +44,11 @@ from pathlib import Path
 
 import numpy as np
 
+ROW_TIMEOUT_S = 300
+"""Seconds without a new row before a child is killed. On 2 cores shared with other jobs, the
+MLP's XNysTrace row at k = 16, B = 1024 stalled (about 10% CPU, threads in futex waits) in
+both allocators' runs; alone, the same call takes 1.5 s. Batched LAPACK calls (eigh, QR) in
+the XLA CPU runtime are the suspects; the row is missing from the table when it stalls."""
 JEMALLOC = Path("/usr/lib/x86_64-linux-gnu/libjemalloc.so.2")
 KS = (1, 4, 16)
 STOCHASTIC = (
@@ -235,7 +244,7 @@ def rows_torch(net: str, sizes: Sizes, **_):
         return
     model, _, xs = build(net)
     body = torch_twin(model, net)
-    xt = torch.from_numpy(np.asarray(xs))
+    xt = torch.from_numpy(np.array(xs))
     one = lambda x: body(x[None])[0]
     eye = torch.eye(128)
 
@@ -311,13 +320,36 @@ def allocators() -> dict[str, dict[str, str]]:
 
 
 def run_child(net: str, group: str, env_extra: dict, quick: bool) -> list[dict]:
+    """Run one row group in a fresh process; collect its rows as they come. A child that
+    prints no row for ``ROW_TIMEOUT_S`` is killed and its finished rows are kept."""
     cmd = [sys.executable, __file__, "--child", net, group] + (["--quick"] if quick else [])
     env = os.environ | env_extra | {"PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        print(f"[{net} {group}] failed:\n{proc.stderr[-3000:]}", file=sys.stderr)
-        return []
-    rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    with tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=err, text=True)
+        lines: queue.Queue = queue.Queue()
+
+        def pump():
+            for line in proc.stdout:
+                lines.put(line)
+            lines.put(None)
+
+        threading.Thread(target=pump, daemon=True).start()
+        rows = []
+        while True:
+            try:
+                line = lines.get(timeout=ROW_TIMEOUT_S)
+            except queue.Empty:
+                proc.kill()
+                print(f"  {net} {group}: no row for {ROW_TIMEOUT_S} s, killed", file=sys.stderr)
+                break
+            if line is None:
+                break
+            if line.startswith("{"):
+                rows.append(json.loads(line))
+        proc.wait()
+        if proc.returncode > 0:
+            err.seek(0)
+            print(f"  {net} {group} failed:\n{err.read()[-3000:]}", file=sys.stderr)
     print(f"  {net:6s} {group:14s} {len(rows):2d} rows", file=sys.stderr, flush=True)
     return rows
 
