@@ -32,7 +32,9 @@ class ModelConfig:
 
     Attributes:
       backbone: backbone name (see ``jacosr.models.BACKBONES``).
-      embed_dim: size of the representation f (VGG32's is 128; the MLP and LeNet project to it).
+      embed_dim: size of the representation f. The MLP and LeNet project to it; the conv
+        backbones' f is their pooled last feature map, so it must be 128 (vgg32), 256 (wrn16_4)
+        or 512 (resnet18).
       width: hidden width of the MLP and of LeNet's dense layer.
     """
 
