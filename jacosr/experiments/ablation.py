@@ -37,19 +37,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
-from jacosr.config import to_dict
 from jacosr.evaluate import EvalConfig
-from jacosr.experiments.grid import (
-    markdown_table,
-    run_grid,
-    seed_grid,
-    summarise,
-    table_main,
-    write_table,
-)
-from jacosr.plots import plot_summary
+from jacosr.experiments.grid import seed_table, table_main
 from jacosr.train import PAPER_SELF_SUP, TrainConfig
-from jacosr.workdir import prepare_workdir
 
 COLUMNS = {
     "accuracy": ("accuracy",),
@@ -151,17 +141,18 @@ def selected_rows(names: tuple[str, ...]) -> list[Switches]:
 def run(config: AblationConfig, workdir: Path, *, overwrite: bool = False) -> dict:
     """Run the chosen rows into ``workdir/runs``, write the table; return it."""
     chosen = selected_rows(config.rows)
-    grid = {row.name: ablation_config(row, config.train) for row in chosen}
-    workdir = prepare_workdir(workdir, to_dict(config), overwrite=overwrite)
-    results = run_grid(seed_grid(grid, config.seeds), workdir / "runs", EVALUATION)
-    summary = summarise(results, COLUMNS)
-    marks = {row.name: ["✓" if on else "" for on in row] for row in chosen}
-    markdown = markdown_table(summary, row_header="row", labels=marks, label_headers=SWITCH_LABELS)
-    split = next(iter(results.values()))["split"]
-    title = f"ablation, {split['source']}: known {split['known_classes']}, {config.seeds} seeds"
-    meta = {"config": to_dict(config), "split": split, "evaluation": to_dict(EVALUATION)}
-    write_table(workdir, summary, markdown, plot_summary(summary, title=title), meta)
-    return {"summary": summary, "markdown": markdown}
+    return seed_table(
+        config,
+        workdir,
+        {row.name: ablation_config(row, config.train) for row in chosen},
+        COLUMNS,
+        EVALUATION,
+        title="ablation, ",
+        row_header="row",
+        labels={row.name: ["✓" if on else "" for on in row] for row in chosen},
+        label_headers=SWITCH_LABELS,
+        overwrite=overwrite,
+    )
 
 
 @dataclass(frozen=True)

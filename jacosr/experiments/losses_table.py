@@ -27,20 +27,10 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from jacosr.config import to_dict
 from jacosr.evaluate import EvalConfig
-from jacosr.experiments.grid import (
-    markdown_table,
-    run_grid,
-    seed_grid,
-    summarise,
-    table_main,
-    write_table,
-)
+from jacosr.experiments.grid import seed_table, table_main
 from jacosr.losses import loss_spec
-from jacosr.plots import plot_summary
 from jacosr.train import TrainConfig
-from jacosr.workdir import prepare_workdir
 
 COLUMNS = {
     "accuracy": ("accuracy",),
@@ -80,16 +70,16 @@ def rows(config: LossesTableConfig) -> dict[str, TrainConfig]:
 
 def run(config: LossesTableConfig, workdir: Path, *, overwrite: bool = False) -> dict:
     """Run the grid into ``workdir/runs``, write the table; return summary and Markdown."""
-    grid = rows(config)
-    workdir = prepare_workdir(workdir, to_dict(config), overwrite=overwrite)
-    results = run_grid(seed_grid(grid, config.seeds), workdir / "runs", EVALUATION)
-    summary = summarise(results, COLUMNS)
-    markdown = markdown_table(summary, row_header="loss")
-    split = next(iter(results.values()))["split"]
-    title = f"{split['source']}: known {split['known_classes']}, {config.seeds} seeds"
-    meta = {"config": to_dict(config), "split": split, "evaluation": to_dict(EVALUATION)}
-    write_table(workdir, summary, markdown, plot_summary(summary, title=title), meta)
-    return {"summary": summary, "markdown": markdown}
+    return seed_table(
+        config,
+        workdir,
+        rows(config),
+        COLUMNS,
+        EVALUATION,
+        title="",
+        row_header="loss",
+        overwrite=overwrite,
+    )
 
 
 @dataclass(frozen=True)
