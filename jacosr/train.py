@@ -123,12 +123,16 @@ class TrainState(NamedTuple):
     opt_state: optax.OptState
 
 
+def lr_schedule(config: TrainConfig) -> optax.Schedule:
+    """The cosine learning-rate schedule, ``lr`` at step 0 down to ``lr_min`` at ``steps``."""
+    return optax.cosine_decay_schedule(config.lr, config.steps, alpha=config.lr_min / config.lr)
+
+
 def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
     """SGD with momentum, coupled weight decay and the cosine learning-rate schedule."""
-    schedule = optax.cosine_decay_schedule(config.lr, config.steps, alpha=config.lr_min / config.lr)
     return optax.chain(
         optax.add_decayed_weights(config.weight_decay),
-        optax.sgd(schedule, momentum=config.momentum),
+        optax.sgd(lr_schedule(config), momentum=config.momentum),
     )
 
 
@@ -311,9 +315,7 @@ def fit(
         dispatch = make_train_dispatch(graphdef, config, len(data.known_train.y))
         train_x = jax.device_put(data.known_train.x)
         train_y = jax.device_put(data.known_train.y)
-        schedule = optax.cosine_decay_schedule(
-            config.lr, config.steps, alpha=config.lr_min / config.lr
-        )
+        schedule = lr_schedule(config)
         bar = tqdm(
             total=config.steps, initial=start, disable=not progress, desc="train", unit="step"
         )
