@@ -2,11 +2,11 @@
 
 Command (from the repository root)::
 
-    .venv/bin/python benchmarks/jacobian.py            # 24 min measured on 2 shared cores
-    .venv/bin/python benchmarks/jacobian.py --quick    # fewer samples, no VGG32 forward mode
+    .venv/bin/python benchmarks/jacobian.py                 # both allocators, 11 min on 2 cores
+    .venv/bin/python benchmarks/jacobian.py --sizes quick   # fewer samples, no VGG32 forward
+    python benchmarks/jacobian.py --sizes gpu --nets vgg32  # on one GPU (benchmarks/gpu.sh)
 
-(The 24 min were on 2 cores shared with other jobs, load average 4-5, and include two 300 s
-timeouts: see ``ROW_TIMEOUT_S``.)
+``--nets``, ``--groups`` and ``--allocators`` pick a subset; ``--sizes`` the samples per row.
 
 Prints one table. Rows, for (a) the digits MLP (8x8x1 -> 128) and (b) VGG32 (classifier32 on
 32x32x3, d_z = 128), both at random init (``jacosr.models``, eval mode, ``embedding_fn``):
@@ -14,7 +14,11 @@ exact reverse and forward mode (:func:`jacosr.jacobian.jacobian_norms`), every s
 estimator (:func:`jacosr.jacobian.estimate_sqnorms`) at k = 1, 4, 16 probes, and -- when
 ``torch`` is importable (optional, not a dependency) -- ``torch.func.vmap(jacrev)`` (and
 ``vmap(jacfwd)`` on the MLP) and a per-sample ``torch.autograd`` loop on the same architecture
-and weights (copied from the NNX model), so the JAX / PyTorch ratio comes from one run.
+and weights (copied from the NNX model), so the JAX / PyTorch ratio comes from one run; torch
+runs on CUDA when it sees a GPU. (c) ``mlp-trained``: the interp experiment's trained model
+(digits MLP, m-OvR, 2000 steps, trained once by the parent before the rows) on the digits
+test images, exact and stochastic rows only: a trained network's Jacobian has a lower
+effective rank than a random one's, which changes the estimators' errors.
 
 Columns: samples/s (wall), CPU seconds per sample (all threads; steadier than wall time when
 other jobs share the machine), peak RSS during the row, and the median and 90th percentile of
@@ -22,10 +26,10 @@ other jobs share the machine), peak RSS during the row, and the median and 90th 
 stochastic rows the estimate is ``sqrt`` of the unbiased estimate of ``||J||_F^2``).
 
 Each allocator (glibc malloc; jemalloc by ``LD_PRELOAD`` of Debian's ``libjemalloc2``, when
-installed) runs the whole set; each row group runs in a fresh subprocess of this script, so a
-row's RSS is its own process's. Stochastic rows use ``rbg`` PRNG keys: they compile in a
-fraction of the time of threefry keys on XLA CPU, and the estimators' statistics do not depend
-on the bit generator.
+installed, configured as ``benchmarks/allocators.py`` says) runs the whole set; each row group
+runs in a fresh subprocess of this script, so a row's RSS is its own process's. Stochastic
+rows use ``rbg`` PRNG keys: they compile in a fraction of the time of threefry keys on XLA
+CPU, and the estimators' statistics do not depend on the bit generator.
 """
 
 from __future__ import annotations
@@ -43,13 +47,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from allocators import ENVIRONMENTS, allocator_envs
+
+from jacosr.config import configure_xla
 
 ROW_TIMEOUT_S = 300
-"""Seconds without a new row before a child is killed. On 2 cores shared with other jobs, the
-MLP's XNysTrace row at k = 16, B = 1024 stalled (about 10% CPU, threads in futex waits) in
-both allocators' runs; alone, the same call takes 1.5 s. Batched LAPACK calls (eigh, QR) in
-the XLA CPU runtime are the suspects; the row is missing from the table when it stalls."""
-JEMALLOC = Path("/usr/lib/x86_64-linux-gnu/libjemalloc.so.2")
+"""Seconds without a new row before a child is killed (its finished rows are kept). A guard:
+XNysTrace rows used to hang for good in XLA CPU's concurrency-optimised scheduler, which
+:func:`jacosr.config.configure_xla` (called by :func:`main`) now turns off."""
 KS = (1, 4, 16)
 STOCHASTIC = (
     ("hutchinson", "output", "rademacher"),
@@ -64,7 +69,8 @@ STOCHASTIC = (
 
 @dataclass(frozen=True)
 class Sizes:
-    """Samples per row: the MLP at two batch sizes, VGG32 as few as the time allows."""
+    """Samples per row: the MLP at two batch sizes, VGG32 as few as the time allows; which
+    stochastic estimators run."""
 
     mlp_batches: tuple[int, ...] = (32, 1024)
     vgg_batch: int = 16
@@ -72,9 +78,22 @@ class Sizes:
     vgg_torch_vmap_batch: int = 8
     vgg_torch_loop_batch: int = 2
     min_seconds: float = 2.0
+    stochastic: tuple[tuple[str, str, str], ...] = STOCHASTIC
 
 
-QUICK = Sizes(vgg_batch=8, vgg_forward_batch=0, vgg_torch_loop_batch=1, min_seconds=1.0)
+SIZES = {
+    "full": Sizes(),
+    "quick": Sizes(vgg_batch=8, vgg_forward_batch=0, vgg_torch_loop_batch=1, min_seconds=1.0),
+    # One GPU: batches that fill it, and only the estimator the README recommends.
+    "gpu": Sizes(
+        mlp_batches=(1024, 4096),
+        vgg_batch=512,
+        vgg_forward_batch=64,
+        vgg_torch_vmap_batch=64,
+        vgg_torch_loop_batch=64,
+        stochastic=(("hutchinson", "output", "rademacher"),),
+    ),
+}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -130,30 +149,41 @@ def measure(run, batch: int, min_seconds: float, warm=None) -> dict:
 # Models: the NNX model, its pure f, and the same weights in torch
 
 
-def build(net: str):
-    """``(model, f, xs)``: random-init model, its eval-mode ``f(x) -> [128]``, and inputs."""
+def build(net: str, sizes: Sizes):
+    """``(model, f, xs)``: random-init model, its eval-mode ``f(x) -> [128]``, and as many
+    inputs as ``sizes``' largest batch (digits repeated past the 1797 there are)."""
     import jax
     from flax import nnx
 
     from jacosr.models import ModelConfig, OpenSetNet, embedding_fn, split_model
 
+    if net == "mlp-trained":
+        from jacosr.data import to_float
+        from jacosr.train import load_run
+
+        _, data, graphdef, state = load_run(Path(os.environ[TRAINED_ENV]))
+        test = np.concatenate([data.known_test.x, data.unknown_test.x])
+        xs = np.asarray(to_float(np.resize(test, (max(sizes.mlp_batches), *test.shape[1:]))))
+        return None, embedding_fn(graphdef, state), jax.numpy.asarray(xs)
     if net == "mlp":
         from sklearn.datasets import load_digits
 
         shape, config = (8, 8, 1), ModelConfig(backbone="mlp", embed_dim=128, width=256)
         digits = load_digits().images.astype(np.float32)
-        xs = (digits[:1024, :, :, None] / 8.0 - 1.0).astype(np.float32)
+        n = max(sizes.mlp_batches)
+        xs = (np.resize(digits, (n, 8, 8))[..., None] / 8.0 - 1.0).astype(np.float32)
     else:
         shape, config = (32, 32, 3), ModelConfig(backbone="vgg32", embed_dim=128)
-        xs = np.random.default_rng(0).uniform(-1, 1, (64, *shape)).astype(np.float32)
+        n = max(sizes.vgg_batch, sizes.vgg_torch_vmap_batch, sizes.vgg_torch_loop_batch)
+        xs = np.random.default_rng(0).uniform(-1, 1, (n, *shape)).astype(np.float32)
     model = OpenSetNet(config, image_shape=shape, num_classes=10, head="linear", rngs=nnx.Rngs(0))
     f = embedding_fn(*split_model(model))
     return model, f, jax.numpy.asarray(xs)
 
 
-def torch_twin(model, net: str):
-    """The NNX backbone rebuilt in torch (eval mode) with the same weights: ``x: [B, ...] ->
-    [B, 128]`` on NHWC inputs, as the JAX model takes them."""
+def torch_twin(model, net: str, device):
+    """The NNX backbone rebuilt in torch (eval mode, on ``device``) with the same weights:
+    ``x: [B, ...] -> [B, 128]`` on NHWC inputs, as the JAX model takes them."""
     import torch
 
     def t(a):
@@ -188,7 +218,7 @@ def torch_twin(model, net: str):
         layers += [torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten()]
         body = torch.nn.Sequential(*layers)
         to_torch = lambda x: x.permute(0, 3, 1, 2)
-    body.eval()
+    body.eval().to(device)
     for p in body.parameters():
         p.requires_grad_(False)
     return lambda x: body(to_torch(x))
@@ -203,14 +233,15 @@ def rows_exact(net: str, mode: str, sizes: Sizes, **_):
 
     from jacosr import jacobian
 
-    _, f, xs = build(net)
-    batches = sizes.mlp_batches if net == "mlp" else (sizes.vgg_batch,)
+    _, f, xs = build(net, sizes)
+    batches = (sizes.vgg_batch,) if net == "vgg32" else sizes.mlp_batches
     if net == "vgg32" and mode == "forward":
         batches = (sizes.vgg_forward_batch,) if sizes.vgg_forward_batch else ()
     for b in batches:
         run = lambda b=b: jax.block_until_ready(jacobian.jacobian_norms(f, xs[:b], mode=mode))
         # On CPU VGG32 runs one sample per call, so one sample compiles what the batch uses.
-        warm = (lambda run=run: run(1)) if net == "vgg32" else None
+        one = net == "vgg32" and jax.default_backend() == "cpu"
+        warm = (lambda run=run: run(1)) if one else None
         row = measure(run, b, sizes.min_seconds, warm)
         yield {"method": f"jax exact {mode}", "k": "", "batch": b} | row
 
@@ -220,10 +251,10 @@ def rows_stochastic(net: str, sizes: Sizes, **_):
 
     from jacosr import jacobian
 
-    _, f, xs = build(net)
-    b = sizes.mlp_batches[-1] if net == "mlp" else sizes.vgg_batch
+    _, f, xs = build(net, sizes)
+    b = sizes.vgg_batch if net == "vgg32" else sizes.mlp_batches[-1]
     key = jax.random.key(0, impl="rbg")
-    for estimator, side, probes in STOCHASTIC:
+    for estimator, side, probes in sizes.stochastic:
         for k in KS:
             if estimator == "xnystrace" and k < 2:
                 continue
@@ -242,17 +273,19 @@ def rows_torch(net: str, sizes: Sizes, **_):
         import torch
     except ImportError:
         return
-    model, _, xs = build(net)
-    body = torch_twin(model, net)
-    xt = torch.from_numpy(np.array(xs))
+    # On CUDA when torch sees a GPU (torch's own wheel on the GPU machine), else on the CPU.
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model, _, xs = build(net, sizes)
+    body = torch_twin(model, net, device)
+    xt = torch.from_numpy(np.array(xs)).to(device)
     one = lambda x: body(x[None])[0]
-    eye = torch.eye(128)
+    eye = torch.eye(128, device=device)
 
     def func(transform):
         def make(b):
             def run():
                 jac = torch.func.vmap(transform(one))(xt[:b])
-                return jac.pow(2).flatten(1).sum(1).sqrt().numpy()
+                return jac.pow(2).flatten(1).sum(1).sqrt().cpu().numpy()
 
             return run
 
@@ -299,12 +332,30 @@ GROUPS = {
     "stochastic": rows_stochastic,
     "torch": rows_torch,
 }
+# Each net and the row groups it runs: the trained MLP measures the estimators' error only.
+NETS = {
+    "mlp": tuple(GROUPS),
+    "vgg32": tuple(GROUPS),
+    "mlp-trained": ("exact_reverse", "stochastic"),
+}
+TRAINED_ENV = "JACOSR_BENCH_TRAINED_WORKDIR"
 
 
-def child(net: str, group: str, quick: bool) -> None:
+def train_digits_mlp(workdir: Path) -> str:
+    """Train the interp experiment's model (digits MLP, m-OvR, 2000 steps) into ``workdir``."""
+    from jacosr.data import load_open_set
+    from jacosr.experiments.interp import InterpConfig
+    from jacosr.train import fit
+
+    print("training the digits MLP for the trained-model rows", file=sys.stderr, flush=True)
+    config = InterpConfig().train
+    fit(config, load_open_set(config.data), workdir, progress=False)
+    return str(workdir)
+
+
+def child(net: str, group: str, sizes: str) -> None:
     """Run one row group and print one JSON object per row."""
-    sizes = QUICK if quick else Sizes()
-    for row in GROUPS[group](net=net, sizes=sizes):
+    for row in GROUPS[group](net=net, sizes=SIZES[sizes]):
         print(json.dumps({"net": net} | row), flush=True)
 
 
@@ -312,18 +363,12 @@ def child(net: str, group: str, quick: bool) -> None:
 # The parent: every allocator, every net, every group; then one table
 
 
-def allocators() -> dict[str, dict[str, str]]:
-    out = {"glibc": {}}
-    if JEMALLOC.exists():
-        out["jemalloc"] = {"LD_PRELOAD": str(JEMALLOC)}
-    return out
-
-
-def run_child(net: str, group: str, env_extra: dict, quick: bool) -> list[dict]:
+def run_child(net: str, group: str, env_extra: dict, sizes: str) -> list[dict]:
     """Run one row group in a fresh process; collect its rows as they come. A child that
     prints no row for ``ROW_TIMEOUT_S`` is killed and its finished rows are kept."""
-    cmd = [sys.executable, __file__, "--child", net, group] + (["--quick"] if quick else [])
-    env = os.environ | env_extra | {"PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    cmd = [sys.executable, __file__, "--child", net, group, "--sizes", sizes]
+    path = [str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]
+    env = os.environ | env_extra | {"PYTHONPATH": os.pathsep.join(filter(None, path))}
     with tempfile.TemporaryFile("w+") as err:
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=err, text=True)
         lines: queue.Queue = queue.Queue()
@@ -436,27 +481,43 @@ def machine_notes() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="fewer samples (about 4 min)")
+    parser.add_argument(
+        "--sizes",
+        choices=list(SIZES),
+        default="full",
+        help="samples per row: full (~25 min on 2 cores), quick (~4 min), gpu (one GPU)",
+    )
+    parser.add_argument("--nets", nargs="+", default=list(NETS), choices=list(NETS))
+    parser.add_argument("--groups", nargs="+", default=list(GROUPS), choices=list(GROUPS))
+    parser.add_argument(
+        "--allocators", nargs="+", default=list(ENVIRONMENTS), choices=list(ENVIRONMENTS)
+    )
     parser.add_argument("--child", nargs=2, metavar=("NET", "GROUP"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    configure_xla()  # the entry points' XLA flags, inherited by every child process
+    if "exact_reverse" not in args.groups:
+        parser.error("--groups must include exact_reverse: it is the reference of the errors")
     if args.child:
-        child(*args.child, quick=args.quick)
+        child(*args.child, sizes=args.sizes)
         return
     results = {}
     start = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="jacobian-bench-xla-") as cache:
+    with tempfile.TemporaryDirectory(prefix="jacobian-bench-") as tmp:
         # The second allocator's processes load the first one's executables from XLA's
         # persistent cache instead of compiling them again (compiles are not timed either way).
         compile_cache = {
-            "JAX_COMPILATION_CACHE_DIR": cache,
+            "JAX_COMPILATION_CACHE_DIR": str(Path(tmp) / "xla"),
             "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
         }
-        for name, env in allocators().items():
+        if "mlp-trained" in args.nets:
+            compile_cache[TRAINED_ENV] = train_digits_mlp(Path(tmp) / "trained")
+        for name, env in allocator_envs(args.allocators).items():
             print(f"allocator {name}", file=sys.stderr, flush=True)
             rows = []
-            for net in ("mlp", "vgg32"):
-                for group in GROUPS:
-                    rows += run_child(net, group, env | compile_cache, args.quick)
+            for net in args.nets:
+                for group in args.groups:
+                    if group in NETS[net]:
+                        rows += run_child(net, group, env | compile_cache, args.sizes)
             relative_errors(rows)
             results[name] = rows
     print(table(results))

@@ -6,26 +6,33 @@ Command (from the repository root)::
     .venv/bin/python benchmarks/train.py --backbones vgg32 --allocators glibc   # about 4 min
 
 Prints one table per allocator (glibc malloc; jemalloc by ``LD_PRELOAD`` of Debian's
-``libjemalloc2`` when installed) with a row per backbone -- the MLP and LeNet at the digits'
-8x8x1, VGG32, WRN-16-4 and ResNet-18 at 32x32x3 -- and a column per method:
+``libjemalloc2`` when installed, configured as ``benchmarks/allocators.py`` says) with a row
+per backbone -- the MLP and LeNet at the digits' 8x8x1, VGG32, WRN-16-4 and ResNet-18 at
+32x32x3 -- and a column per method:
 
 * ``dispatch``: the library's training dispatch (:func:`jacosr.train.make_train_dispatch`,
   ``--steps`` steps in one ``lax.scan``) with the default convolution (``conv_impl="auto"``:
   the im2col weight gradient on CPU, XLA's on GPU); m-OvR loss, SGD momentum, weight decay;
   no augmentation and no rotation task, so each step is 128 images forward and backward.
+* ``paper``: the same dispatch with the paper's recipe on image data sets, weak augmentation
+  and the rotation task (lambda 0.1): each step is then 256 images forward and backward (the
+  128 upright ones and their rotated copies). Its ``s/1k`` column is what one thousand steps
+  of ``python -m jacosr.train`` cost on CIFAR-shaped data, evaluation and checkpoints aside.
 * ``step-im2col`` / ``step-xla``: one jitted step (the same objective and optimiser, no scan)
   with the backbone's convolutions forced to :mod:`jacosr.models.conv`'s im2col rule or to
   XLA's own gradients. XLA's are not timed inside ``lax.scan``: there its CPU weight gradient
   is about a hundred times slower still (the ``--probe`` table).
 * ``torch``: the same architecture in PyTorch eager (``torch`` optional, not a dependency),
-  ``nn.CrossEntropyLoss`` and ``torch.optim.SGD`` with momentum and weight decay.
+  ``nn.CrossEntropyLoss`` and ``torch.optim.SGD`` with momentum and weight decay; on CUDA
+  when torch sees a GPU (with ``cudnn.benchmark``, as training scripts set it), else on CPU.
 
 Each cell is ``batch / step time``, the step time after one compiled warm-up (the median of
-``--steps`` jitted steps, or one dispatch of ``--steps`` steps), run in a fresh subprocess (so
+``--steps`` jitted steps, one dispatch of ``--steps`` steps, or for torch ``--steps`` steps
+timed as one block after four warm-up steps), run in a fresh subprocess (so
 allocators and compilation caches do not leak between cells) with a ``--timeout``. With
 ``--rounds R`` every row's cells run R times, interleaved, and the median is shown: other jobs
-on a shared machine then slow every column alike. ``s/1k`` is the dispatch's seconds per 1000
-steps.
+on a shared machine then slow every column alike. ``dispatch/torch`` is the ratio of the two
+throughputs; ``s/1k dispatch`` and ``s/1k paper`` are seconds per 1000 steps.
 """
 
 from __future__ import annotations
@@ -37,9 +44,11 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-JEMALLOC = Path("/usr/lib/x86_64-linux-gnu/libjemalloc.so.2")
+from allocators import ENVIRONMENTS, allocator_envs
+
+from jacosr.config import configure_xla
+
 BATCH = 128
 # backbone -> (image shape, embed_dim: the projection of MLP/LeNet, the natural width otherwise)
 SHAPES = {
@@ -51,7 +60,7 @@ SHAPES = {
 }
 CONV_IMPL_BACKBONES = ("vgg32", "wrn16_4", "resnet18")  # built on jacosr.models.conv.Conv
 TORCH_BACKBONES = ("vgg32", "wrn16_4", "resnet18")
-METHODS = ("dispatch", "step-im2col", "step-xla", "torch")
+METHODS = ("dispatch", "paper", "step-im2col", "step-xla", "torch")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -68,6 +77,7 @@ def _jax_cell(backbone: str, method: str, steps: int) -> dict:
     from jacosr.losses import loss_spec
     from jacosr.models import BACKBONES, ModelConfig, ModelState, OpenSetNet, split_model
     from jacosr.train import (
+        PAPER_SELF_SUP,
         TrainConfig,
         TrainState,
         make_objective,
@@ -76,17 +86,19 @@ def _jax_cell(backbone: str, method: str, steps: int) -> dict:
     )
 
     image_shape, embed_dim = SHAPES[backbone]
+    paper = method == "paper"
     config = TrainConfig(
         model=ModelConfig(backbone=backbone, embed_dim=embed_dim),
         batch_size=BATCH,
-        augment="none",
-        self_sup=0.0,
+        augment="weak" if paper else "none",
+        self_sup=PAPER_SELF_SUP if paper else 0.0,
     )
     net = OpenSetNet(
         config.model,
         image_shape=image_shape,
         num_classes=6,
         head=loss_spec(config.loss.loss).head,
+        rotation_head=paper,
         rngs=nnx.Rngs(0),
     )
     if method.startswith("step-") and backbone in CONV_IMPL_BACKBONES:
@@ -100,7 +112,7 @@ def _jax_cell(backbone: str, method: str, steps: int) -> dict:
     train_x = jax.device_put(rng.integers(0, 256, (n, *image_shape), dtype=np.uint8))
     train_y = jax.device_put(rng.integers(0, 6, n).astype(np.int32))
 
-    if method == "dispatch":
+    if method in ("dispatch", "paper"):
         dispatch = make_train_dispatch(graphdef, config, n)
         t0 = time.perf_counter()
         state, (loss, _, _) = dispatch(state, train_x, train_y, steps)
@@ -218,19 +230,30 @@ def _torch_cell(backbone: str, steps: int) -> dict:
 
     torch.manual_seed(0)
     torch.set_num_threads(os.cpu_count())
-    model = _torch_model(backbone).train()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.backends.cudnn.benchmark = True
+    model = _torch_model(backbone).train().to(device)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3)
     h, w, c = SHAPES[backbone][0]
-    x, y = torch.rand(BATCH, c, h, w) * 2 - 1, torch.randint(0, 6, (BATCH,))
-    times = []
-    for i in range(steps + 1):
-        t0 = time.perf_counter()
+    x = (torch.rand(BATCH, c, h, w) * 2 - 1).to(device)
+    y = torch.randint(0, 6, (BATCH,)).to(device)
+
+    def step():
         opt.zero_grad(set_to_none=True)
-        torch.nn.functional.cross_entropy(model(x), y).backward()
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        loss.backward()
         opt.step()
-        if i:  # the first step allocates; it is the warm-up
-            times.append(time.perf_counter() - t0)
-    return {"first_call_s": None, "step_s": statistics.median(times)}
+        return loss
+
+    for _ in range(3):  # allocation and cuDNN's algorithm search
+        step()
+    float(step())
+    # One host synchronisation per timed block of steps, as the JAX dispatch has.
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        loss = step()
+    float(loss)
+    return {"first_call_s": None, "step_s": (time.perf_counter() - t0) / steps}
 
 
 def _probe_cell() -> dict:
@@ -276,7 +299,7 @@ def child(args) -> None:
 def _applies(backbone: str, method: str, have_torch: bool) -> bool:
     if method == "torch":
         return have_torch and backbone in TORCH_BACKBONES
-    if method == "step-im2col":
+    if method in ("step-im2col", "paper"):
         return backbone in CONV_IMPL_BACKBONES
     if method == "step-xla":
         return backbone in (*CONV_IMPL_BACKBONES, "lenet")  # LeNet's nnx.Conv is XLA's
@@ -284,9 +307,7 @@ def _applies(backbone: str, method: str, have_torch: bool) -> bool:
 
 
 def _run_cell(backbone, method, allocator, args) -> dict | str:
-    env = dict(os.environ)
-    if allocator == "jemalloc":
-        env["LD_PRELOAD"] = str(JEMALLOC)
+    env = os.environ | ENVIRONMENTS[allocator]
     cmd = [sys.executable, __file__, "--child", "--backbone", backbone, "--method", method]
     cmd += ["--steps", str(args.steps)]
     try:
@@ -318,7 +339,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--backbones", nargs="+", default=list(SHAPES), choices=list(SHAPES))
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
-    parser.add_argument("--allocators", nargs="+", default=["glibc", "jemalloc"])
+    parser.add_argument(
+        "--allocators", nargs="+", default=list(ENVIRONMENTS), choices=list(ENVIRONMENTS)
+    )
     parser.add_argument("--steps", type=int, default=3, help="timed steps per cell")
     parser.add_argument("--timeout", type=int, default=600, help="seconds per cell")
     parser.add_argument("--rounds", type=int, default=1, help="interleaved repeats of each row")
@@ -327,25 +350,28 @@ def main() -> None:
     parser.add_argument("--backbone", help=argparse.SUPPRESS)
     parser.add_argument("--method", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    configure_xla()  # the entry points' XLA flags, inherited by every child process
     if args.child:
         return child(args)
 
     try:
         import torch
 
-        have_torch, torch_version = True, torch.__version__
+        have_torch = True
+        torch_version = f"{torch.__version__} on {'cuda' if torch.cuda.is_available() else 'cpu'}"
     except ImportError:
         have_torch, torch_version = False, "not installed"
     import jax
 
-    allocators = [a for a in args.allocators if a != "jemalloc" or JEMALLOC.exists()]
+    allocators = list(allocator_envs(args.allocators))
     print(
         f"jax {jax.__version__} on {jax.default_backend()} ({jax.devices()[0].device_kind}), "
         f"{os.cpu_count()} CPU cores; torch {torch_version}; batch {BATCH}; images/s "
         f"({args.steps} timed steps per cell, median of {args.rounds} interleaved rounds)\n"
     )
     for allocator in allocators:
-        header = ["backbone", *args.methods, "dispatch/torch", "s/1k (dispatch)"]
+        per_1k = [m for m in ("dispatch", "paper") if m in args.methods]
+        header = ["backbone", *args.methods, "dispatch/torch", *(f"s/1k {m}" for m in per_1k)]
         print(f"allocator: {allocator}")
         print("| " + " | ".join(header) + " |")
         print("|" + "---|" * len(header))
@@ -357,10 +383,13 @@ def main() -> None:
                     runs[m].append(_run_cell(backbone, m, allocator, args))
             cells = {m: _median(runs.get(m, ["-"])) for m in args.methods}
             d, t = cells.get("dispatch"), cells.get("torch")
-            timed = isinstance(d, dict)
-            ratio = f"{t['step_s'] / d['step_s']:.2f}" if timed and isinstance(t, dict) else "-"
-            per_1k = f"{1000 * d['step_s']:.0f}" if timed else "-"
-            row = [backbone, *(_fmt(cells[m]) for m in args.methods), ratio, per_1k]
+            timed = isinstance(d, dict) and isinstance(t, dict)
+            ratio = f"{t['step_s'] / d['step_s']:.2f}" if timed else "-"
+            seconds = [
+                f"{1000 * cells[m]['step_s']:.1f}" if isinstance(cells[m], dict) else "-"
+                for m in per_1k
+            ]
+            row = [backbone, *(_fmt(cells[m]) for m in args.methods), ratio, *seconds]
             print("| " + " | ".join(row) + " |", flush=True)
         print()
     if args.probe:

@@ -16,7 +16,8 @@ Why a host loop and not ``jax.lax.map`` / ``scan``: on XLA CPU a pullback inside
 was measured about 2x slower (XLA picks a slower convolution layout inside the loop body),
 while a Python loop over one compiled chunk function was the fastest JAX variant and the
 leanest in memory. The chunk size is planned per backend from XLA's own memory analysis of
-the compiled chunk; see :func:`jacobian_norms` and :data:`CPU_CHUNK_BYTES`.
+the compiled chunk; see :func:`jacobian_norms` and :data:`CPU_CHUNK_BYTES`. On CPU the loop
+runs :data:`CPU_WORKERS` chunks at once, from as many host threads (see there).
 
 ``f`` is a static argument of the drivers' compiled functions: pass the same function object
 again and nothing is traced or compiled again (a fresh ``lambda`` per call recompiles, as with
@@ -25,6 +26,7 @@ any ``jax.jit`` static argument).
 
 import math
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import jax
 import jax.numpy as jnp
@@ -37,14 +39,27 @@ Fn = Callable[[Array], Array]
 DEFAULT_MAX_BYTES = 2**30
 """Default byte budget of one compiled chunk (XLA's arguments + outputs + temporaries)."""
 
-CPU_CHUNK_BYTES = 2**24
-"""Byte target of one chunk on CPU, below ``max_bytes``; accelerators use all of ``max_bytes``.
+CPU_CHUNK_BYTES = 2**25
+"""Byte target of one chunk on CPU, below ``max_bytes / CPU_WORKERS``; accelerators use all of
+``max_bytes``.
 
-Measured on 2 cores (2 MiB L2 each; ``benchmarks/jacobian.py``, interleaved runs): the digits
-MLP ran equally fast with 16 to 128 samples per call (2-17 MB of XLA buffers) and about 20%
-slower from 256 (35 MB) on; the VGG32-sized net ran equally fast with 8 to 128 cotangents per
-call (9-143 MB; a forward pass is recomputed per block, which the smaller working set pays
-for). 16 MiB is fast for both and keeps memory low."""
+32 MiB is glibc malloc's largest mmap threshold: XLA's buffers for a chunk of this size come
+from the heap and are reused from call to call, while larger ones are mapped fresh for every
+call and the kernel zeroes each page again (measured on the VGG32-sized net, 2 cores: 33,000
+to 190,000 page faults and up to 0.4 s of system time per sample from 64 MiB chunks on, none
+at 32 MiB). jemalloc does the same to allocations above its ``oversize_threshold`` (8 MiB)
+unless ``MALLOC_CONF=oversize_threshold:0`` is set (see the README). Larger chunks cut the
+user time per sample (0.78 s at 16 MiB, 0.57 s at 256 MiB, one thread), so with the faults
+gone 32 MiB is a sweet spot; on the digits MLP anything from 2 to 17 MB ran equally fast."""
+
+CPU_WORKERS = 2
+"""Chunks computed at once on CPU, each from its own host thread (one on accelerators).
+
+XLA CPU runs one call's operations on its thread pool, but its small per-sample convolutions
+and the element-wise work between them keep only about 1.5 of 2 cores busy. Two calls in
+flight fill the gaps: VGG32-sized exact norms went from 1.9 to 2.5-3.7 samples/s on 2 cores
+(user time per sample down from 0.80 to 0.53-0.75 s, as fewer pool threads spin idle).
+Four workers were no faster than two."""
 
 
 # Checks shared by every entry point
@@ -199,11 +214,19 @@ def jacobian_norms(
 # Chunk planning and the host loop
 
 
+def _workers() -> int:
+    """Chunks in flight at once: :data:`CPU_WORKERS` on CPU, one on accelerators (whose
+    dispatch is already asynchronous)."""
+    return CPU_WORKERS if jax.default_backend() == "cpu" else 1
+
+
 def _target_bytes(max_bytes: int) -> int:
+    """Bytes one chunk may take: ``max_bytes`` shared by the chunks in flight, and on CPU at
+    most :data:`CPU_CHUNK_BYTES`."""
     if max_bytes <= 0:
         raise ValueError(f"max_bytes must be positive; got {max_bytes}")
     if jax.default_backend() == "cpu":
-        return min(max_bytes, CPU_CHUNK_BYTES)
+        return max(1, min(max_bytes // CPU_WORKERS, CPU_CHUNK_BYTES))
     return max_bytes
 
 
@@ -231,8 +254,9 @@ def _plan_blocks(bytes_of_block: Callable[[int], int], num_basis: int, target: i
 
 def _plan_chunk(bytes_of_chunk: Callable[[int], int], batch: int, target: int) -> int:
     """Samples per call: as many as fit ``target`` by the one-sample bytes, halved until the
-    compiled chunk itself fits; never more than the batch."""
-    chunk = max(1, min(batch, target // max(1, bytes_of_chunk(1))))
+    compiled chunk itself fits; never more than the batch's share of one worker."""
+    share = -(-batch // _workers())
+    chunk = max(1, min(share, target // max(1, bytes_of_chunk(1))))
     while chunk > 1 and bytes_of_chunk(chunk) > target:
         chunk //= 2
     return chunk
@@ -240,15 +264,25 @@ def _plan_chunk(bytes_of_chunk: Callable[[int], int], batch: int, target: int) -
 
 def _map_chunks(run: Callable, arrays: tuple, chunk: int):
     """Apply ``run`` to fixed-size chunks of ``arrays`` (each ``[B, ...]``); pad the last chunk
-    by repeating the last row so every call has the same shapes; trim and concatenate."""
+    by repeating the last row so every call has the same shapes; trim and concatenate.
+
+    On CPU, :data:`CPU_WORKERS` host threads each run a chunk to completion at a time."""
     batch = arrays[0].shape[0]
-    outs = []
-    for lo in range(0, batch, chunk):
+
+    def one(lo: int):
         parts = [a[lo : lo + chunk] for a in arrays]
         pad = chunk - parts[0].shape[0]
         if pad:
             parts = [jnp.concatenate([p, jnp.repeat(p[-1:], pad, axis=0)]) for p in parts]
-        outs.append(run(*parts))
+        return jax.block_until_ready(run(*parts))
+
+    starts = range(0, batch, chunk)
+    workers = min(_workers(), len(starts))
+    if workers > 1:
+        with ThreadPoolExecutor(workers) as pool:
+            outs = list(pool.map(one, starts))
+    else:
+        outs = [one(lo) for lo in starts]
     return jax.tree.map(lambda *o: jnp.concatenate(o)[:batch], *outs)
 
 
@@ -388,6 +422,11 @@ def xnystrace_sqnorms(
 
     Unbiased for rotation-invariant probes (``"gaussian"``, ``"sphere"``), which the
     resphering step requires; hence no Rademacher here. The square root is biased.
+
+    On XLA CPU run it with :data:`jacosr.config.XLA_CPU_FLAGS` set (entry points do; see
+    :func:`jacosr.config.configure_xla`): the default scheduler can deadlock on this kernel.
+    Measured on the trained digits MLP (``benchmarks/jacobian.py``): 0.3% median error at
+    k = 16, where Hutchinson's was 6.8%; at random init 1.6% against 2.1%.
 
     Why matfree: ``stochtrace.leave_one_out_xnystrace`` is the maintained implementation of the
     leave-one-out algebra (QR downdates, resphering, rank-deficient cases), which is easy to get

@@ -3,3 +3,7 @@
 import os
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+from jacosr.config import configure_xla
+
+configure_xla()  # XLA_FLAGS is read once, when jax starts its backend

@@ -128,14 +128,39 @@ def test_chunked_equals_unchunked(mode):
     np.testing.assert_allclose(jj.jacobian_norms(f, xs, mode=mode, max_bytes=1), whole, rtol=1e-5)
 
 
-def test_plan_splits_the_basis_only_when_one_sample_does_not_fit():
+def test_plan_splits_the_basis_only_when_one_sample_does_not_fit(monkeypatch):
     bytes_of = lambda size: 1000 + 100 * size  # residuals + cotangents, as XLA reports
     assert jj._plan_blocks(bytes_of, 128, 10**9) == 128
     size = jj._plan_blocks(bytes_of, 128, 4000)
     assert bytes_of(size) <= 4000 and size >= 16
+    monkeypatch.setattr(jj, "_workers", lambda: 1)
     assert jj._plan_chunk(lambda c: 500 * c, 1000, 10_000) == 20
     assert jj._plan_chunk(lambda c: 500 * c, 7, 10_000) == 7
     assert jj._plan_chunk(lambda c: 500 * c, 7, 10) == 1
+    # Two workers in flight: a small batch is split between them.
+    monkeypatch.setattr(jj, "_workers", lambda: 2)
+    assert jj._plan_chunk(lambda c: 500 * c, 7, 10_000) == 4
+    assert jj._plan_chunk(lambda c: 500 * c, 1000, 10_000) == 20
+
+
+def test_chunks_run_concurrently_and_come_back_in_order(monkeypatch):
+    import threading
+
+    monkeypatch.setattr(jj, "_workers", lambda: 3)
+    # The first three chunks must all be in flight at once, or the barrier breaks.
+    barrier, calls, lock = threading.Barrier(3, timeout=30), [], threading.Lock()
+
+    def run(x):
+        with lock:
+            calls.append(1)
+            first_three = len(calls) <= 3
+        if first_three:
+            barrier.wait()
+        return x * 2.0
+
+    out = jj._map_chunks(run, (jnp.arange(10.0),), 3)  # 4 chunks, the last one padded
+    np.testing.assert_array_equal(out, 2.0 * np.arange(10.0))
+    assert len(calls) == 4
 
 
 def test_kernel_works_inside_user_jit_with_traced_parameters():
