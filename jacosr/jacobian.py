@@ -646,6 +646,10 @@ def norm_difference(
     for name, a in (("norms_known", known), ("norms_unknown", unknown)):
         if a.ndim != 1 or a.shape[0] < 1:
             raise ValueError(f"{name} must be a non-empty 1-D array [N]; got shape {a.shape}")
+        if not isinstance(a, jax.core.Tracer):  # under jit / vmap only shapes are checked
+            bad = int(jnp.sum(~jnp.isfinite(a)))
+            if bad:
+                raise ValueError(f"{name} has {bad} non-finite values; the norms must be finite")
     if not 0 < level < 1:
         raise ValueError(f"level must lie in (0, 1); got {level}")
     if num_resamples < 1:

@@ -426,26 +426,6 @@ def metric_intra_inter_ratio(embeddings: ArrayLike, labels: ArrayLike) -> float:
     return float(np.mean(spread) / inter)
 
 
-def metric_jacobian_norm_difference(known_norms: ArrayLike, unknown_norms: ArrayLike) -> float:
-    """Jacobian norm difference, mean(unknown_norms) - mean(known_norms) (Eq. 20).
-
-    Park et al. argue that training shrinks the Jacobian norm of the representation on known
-    classes more than on unknowns, so a larger positive difference goes with better open-set
-    recognition.
-
-    Args:
-      known_norms: [N_k] float, per-sample Jacobian norms of known test samples.
-      unknown_norms: [N_u] float, per-sample Jacobian norms of unknown test samples.
-
-    Returns:
-      The difference, a float of either sign.
-    """
-    hint = "the Jacobian norm difference needs at least one known and one unknown norm"
-    known = _finite_1d("known_norms", known_norms, hint)
-    unknown = _finite_1d("unknown_norms", unknown_norms, hint)
-    return float(np.mean(unknown) - np.mean(known))
-
-
 OPEN_SET_METRICS: Mapping[str, ScoreMetric] = MappingProxyType(
     {
         "auroc": metric_auroc,

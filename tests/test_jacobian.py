@@ -324,6 +324,11 @@ def test_norm_difference_interval_contains_estimate():
     est, low, high = jj.norm_difference(known, unknown, key(2))
     np.testing.assert_allclose(est, jnp.mean(unknown) - jnp.mean(known), rtol=1e-6)
     assert low < est < high
+    # Closed form of the point estimate, either sign.
+    est, _, _ = jj.norm_difference(jnp.array([1.0, 2.0, 6.0]), jnp.array([4.0, 6.0]), key(3))
+    np.testing.assert_allclose(est, 2.0, rtol=1e-6)
+    est, _, _ = jj.norm_difference(jnp.array([4.0]), jnp.array([1.0, 2.0]), key(3))
+    np.testing.assert_allclose(est, -2.5, rtol=1e-6)
 
 
 def test_norm_difference_interval_covers_true_difference_at_its_level():
@@ -420,6 +425,8 @@ def test_bad_norm_difference_arguments_are_refused():
         jj.norm_difference(jnp.ones((2, 2)), a, k)
     with pytest.raises(ValueError, match=r"norms_unknown must be a non-empty 1-D array"):
         jj.norm_difference(a, jnp.ones(0), k)
+    with pytest.raises(ValueError, match="norms_known has 1 non-finite values"):
+        jj.norm_difference(a.at[0].set(jnp.inf), a, k)
     with pytest.raises(ValueError, match=r"level must lie in \(0, 1\); got 1.5"):
         jj.norm_difference(a, a, k, level=1.5)
     with pytest.raises(ValueError, match="num_resamples must be at least 1; got 0"):

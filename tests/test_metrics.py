@@ -25,7 +25,6 @@ from jacosr.metrics import (
     metric_fpr_at_tpr,
     metric_inter_class_distance,
     metric_intra_inter_ratio,
-    metric_jacobian_norm_difference,
     metric_macro_f1,
     metric_oscr,
     open_set_metrics,
@@ -367,11 +366,6 @@ def test_intra_inter_ratio_weights_classes_equally():
     assert metric_intra_inter_ratio(x, [0, 0, 1, 1, 1, 1]) == pytest.approx(0.05)
 
 
-def test_jacobian_norm_difference_closed_form():
-    assert metric_jacobian_norm_difference([1.0, 2.0, 6.0], [4.0, 6.0]) == 2.0
-    assert metric_jacobian_norm_difference([4.0], [1.0, 2.0]) == -2.5
-
-
 # ---- aggregate API and array types --------------------------------------------------------
 
 
@@ -498,10 +492,3 @@ def test_embedding_metric_errors():
     coincident = np.array([[-1.0, 0], [1, 0], [0, -1], [0, 1]])
     with pytest.raises(ValueError, match="all class means coincide"):
         metric_intra_inter_ratio(coincident, [0, 0, 1, 1])
-
-
-def test_jacobian_norm_difference_errors():
-    with pytest.raises(ValueError, match=r"unknown_norms is empty; .*at least one known and one"):
-        metric_jacobian_norm_difference([1.0], [])
-    with pytest.raises(ValueError, match="known_norms contains 1 non-finite values"):
-        metric_jacobian_norm_difference([np.inf], [1.0])
