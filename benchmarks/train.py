@@ -98,7 +98,7 @@ def _jax_cell(backbone: str, method: str, steps: int) -> dict:
         image_shape=image_shape,
         num_classes=6,
         head=loss_spec(config.loss.loss).head,
-        rotation_head=paper,
+        rotation_head=config.self_sup > 0,
         rngs=nnx.Rngs(0),
     )
     if method.startswith("step-") and backbone in CONV_IMPL_BACKBONES:

@@ -266,7 +266,8 @@ def _map_chunks(run: Callable, arrays: tuple, chunk: int):
     """Apply ``run`` to fixed-size chunks of ``arrays`` (each ``[B, ...]``); pad the last chunk
     by repeating the last row so every call has the same shapes; trim and concatenate.
 
-    On CPU, :data:`CPU_WORKERS` host threads each run a chunk to completion at a time."""
+    On CPU, :data:`CPU_WORKERS` host threads each run a chunk to completion at a time; with
+    one worker the chunks are dispatched without waiting, so an accelerator's queue stays full."""
     batch = arrays[0].shape[0]
 
     def one(lo: int):
@@ -274,13 +275,14 @@ def _map_chunks(run: Callable, arrays: tuple, chunk: int):
         pad = chunk - parts[0].shape[0]
         if pad:
             parts = [jnp.concatenate([p, jnp.repeat(p[-1:], pad, axis=0)]) for p in parts]
-        return jax.block_until_ready(run(*parts))
+        return run(*parts)
 
     starts = range(0, batch, chunk)
     workers = min(_workers(), len(starts))
     if workers > 1:
+        # A thread must wait for its chunk, or the next one would not overlap with it.
         with ThreadPoolExecutor(workers) as pool:
-            outs = list(pool.map(one, starts))
+            outs = list(pool.map(lambda lo: jax.block_until_ready(one(lo)), starts))
     else:
         outs = [one(lo) for lo in starts]
     return jax.tree.map(lambda *o: jnp.concatenate(o)[:batch], *outs)
