@@ -1,22 +1,39 @@
 """Config dataclasses <-> JSON, and the command line generated from them (tyro).
 
-Configs are frozen dataclasses whose defaults are the paper's. ``to_dict`` / ``from_dict``
-round-trip them through JSON (``config.json`` in every workdir); ``cli`` builds the command line
-from the dataclass fields, their types, defaults and docstrings.
+Configs are frozen dataclasses whose defaults are the paper's; each checks its values when it is
+built (:func:`require` in a ``__post_init__``), so a bad value fails before any data is loaded or
+any workdir exists. ``to_dict`` / ``from_dict`` round-trip them through JSON (``config.json`` in
+every workdir); ``cli`` builds the command line from the dataclass fields, their types, defaults
+and docstrings; ``run_command`` turns the errors of a command into one line (see
+:data:`USER_ERRORS`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import os
+import re
+import sys
 import types
 import typing
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 import tyro
 
 T = TypeVar("T")
+
+
+def require(ok: bool, flag: str, expected: str, value: Any) -> None:
+    """Refuse a config value: ``ValueError("<flag> must be <expected>; got <value>")``.
+
+    ``flag`` is the command-line flag that sets the value (``--margin-pos``), so the message
+    says what to change; ``expected`` the valid range or names. Write ``ok`` so that NaN fails
+    it (``0 <= x < 1``, not ``not x >= 1``)."""
+    if not ok:
+        raise ValueError(f"{flag} must be {expected}; got {value!r}")
 
 
 def to_dict(config: Any) -> dict:
@@ -86,14 +103,104 @@ def configure_xla() -> None:
         os.environ["XLA_FLAGS"] = " ".join([flags, *extra]).strip()
 
 
-def cli(cls: type[T], *, description: str | None = None, args: list[str] | None = None) -> T:
+DEBUG_FLAG = "--debug"
+DEBUG_ENV = "JACOSR_DEBUG"
+EXIT_ERROR = 2
+"""Exit status of a command that stopped on one of :data:`USER_ERRORS` (as for tyro's own
+command-line errors). An unexpected exception keeps Python's traceback and status 1."""
+EXIT_INTERRUPTED = 130
+"""Exit status after Ctrl-C (128 + SIGINT, the shell's convention)."""
+INTERRUPTED = "interrupted; re-run the same command to resume"
+
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    ValueError,
+    OSError,
+    FloatingPointError,
+    ImportError,
+)
+"""What a command reports as one line ``error: <message>``: a refused value or input
+(``ValueError``), a missing, unreadable or unwritable file or a full disk (``OSError``, which
+includes ``FileNotFoundError``, ``PermissionError`` and :class:`jacosr.data.DataNotPreparedError`),
+a diverged run (``FloatingPointError``, e.g. :class:`jacosr.train.NonFiniteLossError`) and a
+missing optional package (``ImportError``, e.g. TensorFlow to build TFDS data). Anything else is
+a bug and keeps its traceback."""
+
+DEBUG_NOTE = (
+    f"On an error the command prints one line, 'error: <what went wrong>', and exits with status "
+    f"{EXIT_ERROR} ({EXIT_INTERRUPTED} when interrupted); add {DEBUG_FLAG} (or set "
+    f"{DEBUG_ENV}=1) to get the full traceback instead."
+)
+"""Appended to every command's ``--help`` description by :func:`cli`."""
+
+
+def _description(cls: type, description: str | None) -> str:
+    if description is None:
+        # What tyro shows by default: the docstring above its "Attributes:" section.
+        doc = inspect.getdoc(cls) or ""
+        description = doc.split("\nAttributes:")[0].strip()
+    return f"{description}\n\n{DEBUG_NOTE}" if description else DEBUG_NOTE
+
+
+def _prog(cls: type) -> str | None:
+    """``python -m <module>`` of the command that defines ``cls`` (also when it runs as
+    ``__main__``), so usage lines and tyro's errors show a command that can be run."""
+    module = cls.__module__
+    if module == "__main__":
+        spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+        module = spec.name if spec is not None else None
+    return f"python -m {module}" if module else None
+
+
+def cli(cls: type[T], *, description: str | None = None, args: Sequence[str] | None = None) -> T:
     """Parse the command line into ``cls``; nested configs' flags are flat (``--loss movr``).
 
-    Sets the entry points' XLA flags first (:func:`configure_xla`)."""
+    ``description`` (default: the docstring of ``cls`` above "Attributes:") heads ``--help``,
+    followed by :data:`DEBUG_NOTE`. A value a config refuses in its ``__post_init__`` is
+    reported by tyro as a parse error (status 2). Sets the entry points' XLA flags first
+    (:func:`configure_xla`)."""
     configure_xla()
     return tyro.cli(
         cls,
-        description=description,
+        prog=_prog(cls),
+        description=_description(cls, description),
         args=args,
         config=(tyro.conf.OmitArgPrefixes,),
     )
+
+
+def _one_line(err: BaseException) -> str:
+    message = re.sub(r"\s*\n\s*", " ", str(err)).strip()
+    return message or type(err).__name__
+
+
+def run_command(main: Callable[[list[str]], object], argv: Sequence[str] | None = None) -> None:
+    """Run a command's ``main(argv)`` the way the command line should see it.
+
+    Every ``python -m jacosr...`` entry point is ``if __name__ == "__main__":
+    run_command(main)``, so ``main`` itself stays an ordinary function that returns its results
+    and raises (tests call it in-process). Here, at the command-line boundary:
+
+    - ``--debug`` is removed from ``argv`` (default ``sys.argv[1:]``) before ``main`` parses it;
+      with it, or with ``JACOSR_DEBUG`` set to anything but ``""`` or ``0``, every exception
+      propagates with its full traceback;
+    - otherwise one of :data:`USER_ERRORS` prints ``error: <message>`` (one line) on stderr and
+      exits with :data:`EXIT_ERROR`; Ctrl-C prints ``error: interrupted; re-run the same
+      command to resume`` and exits with :data:`EXIT_INTERRUPTED` (runs checkpoint, and
+      re-running resumes);
+    - any other exception is a bug: it keeps its traceback (status 1).
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = DEBUG_FLAG in argv or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    argv = [a for a in argv if a != DEBUG_FLAG]
+    try:
+        main(argv)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print(f"error: {INTERRUPTED}", file=sys.stderr)
+        raise SystemExit(EXIT_INTERRUPTED) from None
+    except USER_ERRORS as err:
+        if debug:
+            raise
+        print(f"error: {_one_line(err)}", file=sys.stderr)
+        raise SystemExit(EXIT_ERROR) from None

@@ -17,10 +17,11 @@ import jax
 import numpy as np
 from flax import nnx
 
-from jacosr.config import to_dict
+from jacosr.config import require, to_dict
 from jacosr.data import OpenSetData, to_float
 from jacosr.losses import LossConfig
 from jacosr.metrics import (
+    check_finite_scores,
     metric_accuracy,
     metric_dbi,
     metric_inter_class_distance,
@@ -29,7 +30,7 @@ from jacosr.metrics import (
     open_set_metrics,
 )
 from jacosr.models import ModelState, Outputs, apply_model, embedding_fn
-from jacosr.scores import ScoreConfig, ScoreContext, score_spec
+from jacosr.scores import SCORES, ScoreConfig, ScoreContext, score_spec
 
 # Columns of the per-score table, in print order.
 SCORE_METRICS = ("auroc", "aupr_in", "aupr_out", "fpr95", "oscr", "macro_f1")
@@ -50,11 +51,26 @@ class EvalConfig:
         slow for VGG32 on CPU.
       reject_rate: fraction of known-val rejected by the macro-F1 threshold.
       score: the scores' settings.
+
+    Refused when built (``ValueError`` naming the flag), so before any training: no score, an
+    unknown score name, a reject_rate outside [0, 1).
     """
 
     scores: tuple[str, ...] = ("loss", "msp", "max_logit", "energy", "max_cosine", "openmax")
     reject_rate: float = 0.1
     score: ScoreConfig = field(default_factory=ScoreConfig)
+
+    def __post_init__(self):
+        valid = ", ".join(sorted(SCORES))
+        require(len(self.scores) > 0, "--scores", f"at least one of {valid}", self.scores)
+        for name in self.scores:
+            require(name in SCORES, "--scores", f"names out of {valid}", name)
+        require(
+            0 <= self.reject_rate < 1,
+            "--reject-rate",
+            "a fraction in [0, 1) (of known-val rejected by the macro-F1 threshold)",
+            self.reject_rate,
+        )
 
 
 @partial(jax.jit, static_argnums=0)
@@ -71,12 +87,33 @@ def predict(
     reuses one compiled function.
     """
     n = len(x)
+    if n == 0:
+        raise ValueError(f"predict needs at least one input; got x of shape {np.shape(x)}")
     pad = -n % batch_size
     xp = np.concatenate([x, np.repeat(x[-1:], pad, axis=0)]) if pad else x
     parts = [
         _forward(graphdef, state, xp[i : i + batch_size]) for i in range(0, len(xp), batch_size)
     ]
     return jax.tree.map(lambda *a: np.concatenate(a)[:n], *parts)
+
+
+# How the splits are called in messages.
+SPLIT_NAMES = {"val": "known-val", "known": "known-test", "unknown": "unknown-test"}
+
+
+def _check_splits(data: OpenSetData, needs_train: bool) -> None:
+    """Every split a metric needs holds samples: known-test and unknown-test are compared,
+    known-val sets the macro-F1 threshold, known-train fits OpenMax and the class means."""
+    sizes = data.describe()["sizes"]
+    needed = ["known_test", "unknown_test", "known_val"] + (["known_train"] if needs_train else [])
+    empty = [name for name in needed if sizes[name] == 0]
+    if empty:
+        raise ValueError(
+            f"cannot evaluate on the split of {data.source!r} with known classes "
+            f"{list(data.known_classes)}: {', '.join(empty)} holds no samples; the open-set "
+            "metrics compare known-test with unknown-test samples, known-val sets the macro-F1 "
+            "threshold and known-train fits OpenMax and max_cosine, so each needs at least one"
+        )
 
 
 def evaluate(
@@ -89,16 +126,19 @@ def evaluate(
     """Closed-set accuracy, embedding geometry, and every open-set metric per unknown score.
 
     Scores follow "higher = more likely unknown"; unknown is the positive class of AUROC and
-    AUPR-Out. Predictions are ``argmax`` of the head's scores. Returns::
+    AUPR-Out. Predictions are ``argmax`` of the head's scores. Raises ``ValueError`` when a
+    split it needs is empty, and when a score is NaN or infinite (naming the score, the splits
+    and how many samples) rather than report meaningless metrics. Returns::
 
         {"accuracy": float, "split": data.describe(), "eval": EvalConfig as a dict,
          "embedding": {"dbi", "inter_class_distance", "intra_inter_ratio"},
          "scores": {score: {"auroc", "aupr_in", "aupr_out", "fpr95", "oscr", "macro_f1"}}}
     """
-    specs = {name: score_spec(name) for name in config.scores}  # a typo fails before any work
+    specs = {name: score_spec(name) for name in config.scores}
     splits = {"val": data.known_val, "known": data.known_test, "unknown": data.unknown_test}
-    outputs = {name: predict(graphdef, state, s.x) for name, s in splits.items()}
     needs_train = any(spec.fits_on_train for spec in specs.values())
+    _check_splits(data, needs_train)
+    outputs = {name: predict(graphdef, state, s.x) for name, s in splits.items()}
     context = ScoreContext(
         loss=loss_config,
         config=config.score,
@@ -112,7 +152,8 @@ def evaluate(
     for name, spec in specs.items():
         scorer = spec.make(context)
         s = {k: scorer(outputs[k], np.asarray(to_float(splits[k].x))) for k in splits}
-        row = open_set_metrics(s["known"], s["unknown"], pred["known"] == labels)
+        check_finite_scores(name, {SPLIT_NAMES[k]: v for k, v in s.items()})
+        row = open_set_metrics(s["known"], s["unknown"], pred["known"] == labels, score=name)
         row["macro_f1"] = metric_macro_f1(
             s["val"],
             s["known"],

@@ -17,7 +17,12 @@ was measured about 2x slower (XLA picks a slower convolution layout inside the l
 while a Python loop over one compiled chunk function was the fastest JAX variant and the
 leanest in memory. The chunk size is planned per backend from XLA's own memory analysis of
 the compiled chunk; see :func:`jacobian_norms` and :data:`CPU_CHUNK_BYTES`. On CPU the loop
-runs :data:`CPU_WORKERS` chunks at once, from as many host threads (see there).
+runs :data:`CPU_WORKERS` chunks at once, from as many host threads, unless the chunk's program
+calls a kernel that can deadlock the XLA CPU thread pool (LAPACK or FFT; see there).
+
+A norm that cannot be computed is NaN, never a number: the kernels return NaN for a sample whose
+input, embedding or Jacobian (norm, estimate, path speed) is not finite, so that such a sample
+does not pass for a perfectly known one (a NaN input through a ReLU has a zero Jacobian).
 
 ``f`` is a static argument of the drivers' compiled functions: pass the same function object
 again and nothing is traced or compiled again (a fresh ``lambda`` per call recompiles, as with
@@ -25,6 +30,8 @@ any ``jax.jit`` static argument).
 """
 
 import math
+import re
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -58,8 +65,26 @@ CPU_WORKERS = 2
 XLA CPU runs one call's operations on its thread pool, but its small per-sample convolutions
 and the element-wise work between them keep only about 1.5 of 2 cores busy. Two calls in
 flight fill the gaps: VGG32-sized exact norms went from 1.9 to 2.5-3.7 samples/s on 2 cores
-(user time per sample down from 0.80 to 0.53-0.75 s, as fewer pool threads spin idle).
-Four workers were no faster than two."""
+(user time per sample down from 0.80 to 0.53-0.75 s, as fewer pool threads spin idle);
+re-measured on a quiet machine, 2.5-3.2 (one worker) against 3.9-4.2 samples/s (two), 1.5
+against 1.9 cores busy. Four workers were no faster than two. It takes threads: XLA CPU
+(jax 0.10) runs the calls that one host thread dispatches one after another, however
+asynchronously they are dispatched (measured: four independent calls from one thread ran
+back to back; from two threads, two at a time).
+
+The worker threads only call compiled chunk programs and wait for them; the caller's thread
+slices, pads, sums and concatenates, so the caller's thread-local jax settings (such as
+``jax.enable_x64``) hold for every chunk.
+
+Chunks whose program calls jaxlib's LAPACK kernels (any ``jnp.linalg`` factorisation, e.g.
+in :func:`xnystrace_sqnorms`) or an FFT run one at a time, each waited for. In jaxlib 0.10
+such a kernel splits its batch into tasks on XLA's CPU thread pool, which has one thread per
+core, and parks the pool thread it runs on until those tasks are done; two at once on two
+cores park both threads, and the tasks never run. That is how XNysTrace hung with two chunks
+in flight (native stacks: both pool threads in ``lapack_ssyevd_ffi`` ->
+``jax::ParallelBatchMap`` -> ``absl::BlockingCounter::Wait``, at 0% CPU, for good). One such
+program at a time parks at most one pool thread; the other threads run its tasks. (Open-source
+jaxlib is reported to leave this parallel path out from 0.11.1 on.)"""
 
 
 # Checks shared by every entry point
@@ -100,6 +125,17 @@ def _example(xs) -> jax.ShapeDtypeStruct:
 # Exact norms
 
 
+def _nan_unless_finite(out: Array, *inputs: Array) -> Array:
+    """``out`` if it and every array of ``inputs`` are finite everywhere, else NaN (all of it).
+
+    A non-finite input or embedding can still give finite derivatives (a NaN through a ReLU
+    has slope 0), and a zero norm would score as the most familiar sample there is."""
+    ok = jnp.all(jnp.isfinite(out))
+    for a in inputs:
+        ok &= jnp.all(jnp.isfinite(a))
+    return jnp.where(ok, out, jnp.nan)
+
+
 def _reverse_block(f: Fn, x: Array, start: Array, size: int) -> Array:
     """sum_{i in [start, start+size)} ||J^T e_i||^2 by one VJP and ``size`` pullbacks.
 
@@ -107,15 +143,15 @@ def _reverse_block(f: Fn, x: Array, start: Array, size: int) -> Array:
     z, pullback = jax.vjp(f, x)
     basis = jax.nn.one_hot(start + jnp.arange(size), z.shape[0], dtype=z.dtype)
     (rows,) = jax.vmap(pullback)(basis)
-    return jnp.sum(jnp.square(rows))
+    return _nan_unless_finite(jnp.sum(jnp.square(rows)), x, z)
 
 
 def _forward_block(f: Fn, x: Array, start: Array, size: int) -> Array:
     """sum_{j in [start, start+size)} ||J e_j||^2 by one linearisation and ``size`` JVPs."""
-    _, push = jax.linearize(f, x)
+    z, push = jax.linearize(f, x)
     basis = jax.nn.one_hot(start + jnp.arange(size), x.size, dtype=x.dtype)
     cols = jax.vmap(push)(basis.reshape(size, *x.shape))
-    return jnp.sum(jnp.square(cols))
+    return _nan_unless_finite(jnp.sum(jnp.square(cols)), x, z)
 
 
 _BLOCKS = {"reverse": _reverse_block, "forward": _forward_block}
@@ -146,9 +182,9 @@ def exact_sqnorms(f: Fn, xs: Array, *, mode: str = "auto") -> Array:
         smaller of ``d = x.size`` and ``d_z``.
 
     Returns:
-      ``[B]`` squared norms. The Jacobian rows are reduced to a sum of squares inside the chunk;
-      memory grows as ``B * min(d, d_z)`` activations, so prefer :func:`jacobian_norms` for
-      large batches.
+      ``[B]`` squared norms, NaN where the input, the embedding or the norm is not finite. The
+      Jacobian rows are reduced to a sum of squares inside the chunk; memory grows as
+      ``B * min(d, d_z)`` activations, so prefer :func:`jacobian_norms` for large batches.
     """
     _check_batch(xs)
     d, d_z = _embedding_shape(f, _example(xs))
@@ -186,7 +222,8 @@ def jacobian_norms(
         ``max_bytes``).
 
     Returns:
-      ``[B]`` norms ``||J(xs[b])||_F``.
+      ``[B]`` norms ``||J(xs[b])||_F``; NaN where the input, the embedding or the norm is not
+      finite.
     """
     _check_batch(xs)
     _check_chunk_size(chunk_size)
@@ -201,23 +238,43 @@ def jacobian_norms(
 
     target = _target_bytes(max_bytes)
     size = _plan_blocks(lambda s: _bytes(compiled(1, s)), num_basis, target)
-    chunk = chunk_size or _plan_chunk(lambda c: _bytes(compiled(c, size)), xs.shape[0], target)
+    workers = _workers(compiled(1, size))
+    chunk = chunk_size or _plan_chunk(
+        lambda c: _bytes(compiled(c, size)), xs.shape[0], target, workers
+    )
     kernel = compiled(chunk, size)
     starts = [jnp.asarray(s, jnp.int32) for s in range(0, num_basis, size)]
-
-    def run(x_chunk):
-        return sum(kernel(x_chunk, s) for s in starts)
-
-    return jnp.sqrt(_map_chunks(run, (jnp.asarray(xs),), chunk))
+    # One output per basis block; the caller's thread adds them (see _map_chunks).
+    blocks = _map_chunks(
+        lambda x_chunk: [kernel(x_chunk, s) for s in starts], (jnp.asarray(xs),), chunk, workers
+    )
+    return jnp.sqrt(sum(blocks))
 
 
 # Chunk planning and the host loop
 
 
-def _workers() -> int:
-    """Chunks in flight at once: :data:`CPU_WORKERS` on CPU, one on accelerators (whose
-    dispatch is already asynchronous)."""
-    return CPU_WORKERS if jax.default_backend() == "cpu" else 1
+_PARKING_OPS = re.compile(r'custom_call_target="(lapack_|ducc)|\bfft\(')
+"""HLO of the kernels that park an XLA CPU pool thread until other pool threads have run their
+tasks: jaxlib's LAPACK calls (``lapack_*_ffi``; ``ducc`` FFTs in older jaxlib) and XLA's FFT
+(which hands its work to the pool and waits on a latch; reported to deadlock the same way)."""
+
+
+def _parks_pool_threads(compiled) -> bool:
+    """Whether the compiled chunk program calls a kernel of :data:`_PARKING_OPS` (or its text
+    is unavailable, to be safe); such programs must not run two at a time (see
+    :data:`CPU_WORKERS`)."""
+    text = compiled.as_text()
+    return text is None or _PARKING_OPS.search(text) is not None
+
+
+def _workers(compiled) -> int:
+    """Chunks of the ``compiled`` program in flight at once: :data:`CPU_WORKERS` on CPU, unless
+    the program parks pool threads (then one); one on accelerators (whose dispatch is already
+    asynchronous)."""
+    if jax.default_backend() != "cpu" or _parks_pool_threads(compiled):
+        return 1
+    return CPU_WORKERS
 
 
 def _target_bytes(max_bytes: int) -> int:
@@ -252,39 +309,49 @@ def _plan_blocks(bytes_of_block: Callable[[int], int], num_basis: int, target: i
         pieces = max(pieces + 1, -(-pieces * used // target))
 
 
-def _plan_chunk(bytes_of_chunk: Callable[[int], int], batch: int, target: int) -> int:
+def _plan_chunk(bytes_of_chunk: Callable[[int], int], batch: int, target: int, workers: int) -> int:
     """Samples per call: as many as fit ``target`` by the one-sample bytes, halved until the
-    compiled chunk itself fits; never more than the batch's share of one worker."""
-    share = -(-batch // _workers())
+    compiled chunk itself fits; never more than the batch's share of one of ``workers``."""
+    share = -(-batch // workers)
     chunk = max(1, min(share, target // max(1, bytes_of_chunk(1))))
     while chunk > 1 and bytes_of_chunk(chunk) > target:
         chunk //= 2
     return chunk
 
 
-def _map_chunks(run: Callable, arrays: tuple, chunk: int):
+def _map_chunks(run: Callable, arrays: tuple, chunk: int, workers: int):
     """Apply ``run`` to fixed-size chunks of ``arrays`` (each ``[B, ...]``); pad the last chunk
     by repeating the last row so every call has the same shapes; trim and concatenate.
 
-    On CPU, :data:`CPU_WORKERS` host threads each run a chunk to completion at a time; with
-    one worker the chunks are dispatched without waiting, so an accelerator's queue stays full."""
+    ``run`` must only call compiled programs (no ``jnp`` work of its own): with ``workers > 1``
+    (CPU) it runs in worker threads, ``workers`` chunks at a time, each thread waiting for its
+    chunk (or the next one would not overlap with it), while this thread slices and pads the
+    next chunk and collects the results in order. With one worker, on CPU each chunk is waited
+    for before the next is dispatched (one program in flight, see :data:`CPU_WORKERS`); on
+    accelerators the chunks are dispatched without waiting, so the device's queue stays full."""
     batch = arrays[0].shape[0]
+    workers = min(workers, -(-batch // chunk))
 
-    def one(lo: int):
-        parts = [a[lo : lo + chunk] for a in arrays]
-        pad = chunk - parts[0].shape[0]
-        if pad:
-            parts = [jnp.concatenate([p, jnp.repeat(p[-1:], pad, axis=0)]) for p in parts]
-        return run(*parts)
+    def chunks():
+        for lo in range(0, batch, chunk):
+            parts = [a[lo : lo + chunk] for a in arrays]
+            pad = chunk - parts[0].shape[0]
+            if pad:
+                parts = [jnp.concatenate([p, jnp.repeat(p[-1:], pad, axis=0)]) for p in parts]
+            yield parts
 
-    starts = range(0, batch, chunk)
-    workers = min(_workers(), len(starts))
     if workers > 1:
-        # A thread must wait for its chunk, or the next one would not overlap with it.
+        outs, in_flight = [], deque()
         with ThreadPoolExecutor(workers) as pool:
-            outs = list(pool.map(lambda lo: jax.block_until_ready(one(lo)), starts))
+            for parts in chunks():
+                if len(in_flight) == workers:
+                    outs.append(in_flight.popleft().result())
+                in_flight.append(pool.submit(lambda p: jax.block_until_ready(run(*p)), parts))
+            outs += [done.result() for done in in_flight]
+    elif jax.default_backend() == "cpu":
+        outs = [jax.block_until_ready(run(*parts)) for parts in chunks()]
     else:
-        outs = [one(lo) for lo in starts]
+        outs = [run(*parts) for parts in chunks()]
     return jax.tree.map(lambda *o: jnp.concatenate(o)[:batch], *outs)
 
 
@@ -310,6 +377,74 @@ PROBES = {"sphere": _sphere, "rademacher": _rademacher, "gaussian": _gaussian}
 
 SIDES = ("output", "input")
 
+ESTIMATOR_PROBES = {
+    "hutchinson": ("rademacher", "sphere", "gaussian"),
+    "xnystrace": ("gaussian", "sphere"),
+}
+"""The probe distributions each estimator takes, its default first (``probes=None`` in
+:func:`estimate_sqnorms`): Hutchinson any with ``E[v v^T] = I`` (Rademacher's per-probe
+variance is the least, see :func:`hutchinson_sqnorms`); XNysTrace only rotation-invariant ones,
+which its resphering step requires."""
+
+MIN_PROBES = {"hutchinson": 1, "xnystrace": 2}
+"""The fewest probes per sample each estimator takes (XNysTrace leaves one out at a time)."""
+
+
+def check_estimator(
+    f: Fn,
+    x,
+    *,
+    estimator: str = "hutchinson",
+    num_probes: int = 4,
+    side: str = "output",
+    probes: str | None = None,
+) -> str:
+    """Refuse the arguments :func:`estimate_sqnorms` would refuse, from shapes alone (nothing
+    is compiled or computed); return the probe distribution it would use.
+
+    Entry points call it before a long run (e.g. before training), so that a bad combination
+    fails at once.
+
+    Args:
+      f: pure function of ONE unbatched input, ``x: [...] -> z: [d_z]``.
+      x: one unbatched input, or its ``jax.ShapeDtypeStruct``.
+      estimator, num_probes, side, probes: as in :func:`estimate_sqnorms`.
+    """
+    valid = _registry_get(ESTIMATOR_PROBES, estimator, "estimator")
+    _registry_get(dict.fromkeys(SIDES), side, "side")
+    probes = valid[0] if probes is None else probes
+    _registry_get(PROBES, probes, "probe distribution")
+    if probes not in valid:  # only XNysTrace refuses a distribution
+        raise ValueError(
+            f"{estimator} needs rotation-invariant probes; got {probes!r}; "
+            f"valid: {', '.join(sorted(valid))}"
+        )
+    least = MIN_PROBES[estimator]
+    if num_probes < least:
+        raise ValueError(f"{estimator} needs num_probes >= {least}; got {num_probes}")
+    d, d_z = _embedding_shape(f, jax.ShapeDtypeStruct(x.shape, x.dtype))
+    n = d_z if side == "output" else d
+    if estimator == "xnystrace" and num_probes > n:
+        raise ValueError(
+            f"xnystrace needs num_probes <= {n} (the {side} dimension); got {num_probes}"
+        )
+    return probes
+
+
+def _check_kernel_args(f: Fn, xs, keys, estimator: str, num_probes: int, side: str, probes):
+    """Refuse what the kernel cannot do; return the probe distribution (see check_estimator)."""
+    _check_batch(xs)
+    probes = check_estimator(
+        f, _example(xs), estimator=estimator, num_probes=num_probes, side=side, probes=probes
+    )
+    if not hasattr(keys, "shape") or keys.shape[:1] != xs.shape[:1]:
+        raise ValueError(
+            f"keys must hold one PRNG key per sample, shape [{xs.shape[0]}]; "
+            f"got {getattr(keys, 'shape', type(keys).__name__)} "
+            "(use jax.random.split(key, B))"
+        )
+    return probes
+
 
 def _mean_and_stderr(values: Array) -> tuple[Array, Array]:
     """Mean of ``[k]`` values and its standard error ``std(ddof=1) / sqrt(k)`` (NaN if k = 1)."""
@@ -327,26 +462,10 @@ def _hutchinson_one(f: Fn, x: Array, key: Array, num_probes: int, side: str, pro
         (g,) = jax.vmap(pullback)(v)
         values = jnp.sum(jnp.square(g.reshape(num_probes, -1)), axis=1)
     else:
-        _, push = jax.linearize(f, x)
+        z, push = jax.linearize(f, x)
         u = sample(key, (num_probes, x.size), x.dtype)
         values = jnp.sum(jnp.square(jax.vmap(push)(u.reshape(num_probes, *x.shape))), axis=1)
-    return _mean_and_stderr(values)
-
-
-def _check_stochastic(f: Fn, xs, keys, num_probes: int, side: str, probes: str):
-    _check_batch(xs)
-    d, d_z = _embedding_shape(f, _example(xs))
-    _registry_get(PROBES, probes, "probe distribution")
-    _registry_get(dict.fromkeys(SIDES), side, "side")
-    if num_probes < 1:
-        raise ValueError(f"num_probes must be at least 1; got {num_probes}")
-    if not hasattr(keys, "shape") or keys.shape[:1] != xs.shape[:1]:
-        raise ValueError(
-            f"keys must hold one PRNG key per sample, shape [{xs.shape[0]}]; "
-            f"got {getattr(keys, 'shape', type(keys).__name__)} "
-            "(use jax.random.split(key, B))"
-        )
-    return d, d_z
+    return _mean_and_stderr(_nan_unless_finite(values, x, z))
 
 
 def hutchinson_sqnorms(
@@ -381,13 +500,38 @@ def hutchinson_sqnorms(
 
     Returns:
       ``(estimate, stderr)``, each ``[B]``: the mean of the ``k`` per-probe values and
-      ``std(ddof=1) / sqrt(k)`` (NaN for ``k = 1``).
+      ``std(ddof=1) / sqrt(k)`` (NaN for ``k = 1``); both NaN where the input, the embedding
+      or a per-probe value is not finite.
     """
-    _check_stochastic(f, xs, keys, num_probes, side, probes)
+    probes = _check_kernel_args(f, xs, keys, "hutchinson", num_probes, side, probes)
     return jax.vmap(lambda x, key: _hutchinson_one(f, x, key, num_probes, side, probes))(xs, keys)
 
 
-_XNYS_PROBES = ("gaussian", "sphere")
+def _xnystrace_loo(matvec: Callable[[Array], Array], omega: Array) -> Array:
+    """matfree's ``k`` leave-one-out XNysTrace estimates of ``tr(A)``, ``omega: [k, n]``, with
+    the kernel's LAPACK calls in one chain of data dependencies.
+
+    The estimator factors ``Omega^T A Omega`` (eigh) and, independently of it, ``Omega`` (QR,
+    then a triangular solve of its R). Independent calls may run at once on XLA CPU's thread
+    pool, and in jaxlib 0.10 two batched LAPACK calls at once on 2 cores deadlock (see
+    :data:`CPU_WORKERS`; caught as eigh beside the triangular solve, with XLA's
+    concurrency-optimised scheduler). So the QR reads the Nystrom factor computed from the
+    eigh: its input is NaN where that factor is not finite, where the estimate is NaN anyway.
+    matfree calls ``nystrom`` before ``qr_r``; were that to change, tracing would fail here.
+    """
+    nystrom_eigh, factors = stochtrace.nystrom_eigh(), []
+
+    def nystrom(matvec_flat, omega_cols):
+        out = nystrom_eigh(matvec_flat, omega_cols)
+        factors.append(out[0])
+        return out
+
+    def qr_r(omega_cols):
+        (factor,) = factors
+        ordered = jnp.where(jnp.all(jnp.isfinite(factor)), omega_cols, jnp.nan)
+        return jnp.linalg.qr(ordered, mode="r")
+
+    return stochtrace.leave_one_out_xnystrace(nystrom=nystrom, qr_r=qr_r)(matvec, omega)
 
 
 def _xnystrace_one(f: Fn, x: Array, key: Array, num_probes: int, side: str, probes: str):
@@ -400,8 +544,7 @@ def _xnystrace_one(f: Fn, x: Array, key: Array, num_probes: int, side: str, prob
         n, dtype = x.size, x.dtype
         matvec = lambda u: pull(push(u.reshape(x.shape)))[0].reshape(-1)
     omega = PROBES[probes](key, (num_probes, n), dtype)
-    loo = stochtrace.leave_one_out_xnystrace()(matvec, omega)
-    return _mean_and_stderr(loo)
+    return _mean_and_stderr(_nan_unless_finite(_xnystrace_loo(matvec, omega), x, z))
 
 
 def xnystrace_sqnorms(
@@ -424,17 +567,21 @@ def xnystrace_sqnorms(
 
     Unbiased for rotation-invariant probes (``"gaussian"``, ``"sphere"``), which the
     resphering step requires; hence no Rademacher here. The square root is biased.
-
-    On XLA CPU run it with :data:`jacosr.config.XLA_CPU_FLAGS` set (entry points do; see
-    :func:`jacosr.config.configure_xla`): the default scheduler can deadlock on this kernel.
     Measured on the trained digits MLP (``benchmarks/jacobian.py``): 0.3% median error at
     k = 16, where Hutchinson's was 6.8%; at random init 1.6% against 2.1%.
 
+    On XLA CPU the kernel calls batched LAPACK (eigh, QR, a triangular solve), which jaxlib 0.10
+    runs on XLA's thread pool in a way that deadlocks when two such calls run at once. Its
+    calls are chained so that one program runs one at a time, whatever XLA's scheduler; the
+    drivers run such programs one at a time (:data:`CPU_WORKERS`). Do not run two programs
+    containing this kernel at once from two threads of your own on jaxlib 0.10.
+
     Why matfree: ``stochtrace.leave_one_out_xnystrace`` is the maintained implementation of the
     leave-one-out algebra (QR downdates, resphering, rank-deficient cases), which is easy to get
-    subtly wrong by hand; here we only supply the operator and aggregate its ``k`` leave-one-out
-    estimates. (Hutchinson above is a few lines on ``jax.random`` and needs the ddof=1 standard
-    error and per-probe values, which matfree's estimators do not expose, so it is written out.)
+    subtly wrong by hand; here we only supply the operator, order its LAPACK calls and aggregate
+    its ``k`` leave-one-out estimates. (Hutchinson above is a few lines on ``jax.random`` and
+    needs the ddof=1 standard error and per-probe values, which matfree's estimators do not
+    expose, so it is written out.)
 
     Args:
       f, xs, keys, side: as in :func:`hutchinson_sqnorms`.
@@ -444,21 +591,12 @@ def xnystrace_sqnorms(
     Returns:
       ``(estimate, stderr)``, each ``[B]``: the mean of the ``k`` leave-one-out estimates and
       their ``std(ddof=1) / sqrt(k)``, the spread matfree's ``estimator_leave_one_out_mean_and_sem``
-      reports. The leave-one-out estimates are positively correlated, so this standard error
-      is too small: on tiny nets (k = 3, 4) its square was 0.25-0.6 of the estimate's variance.
-      Use it to compare, not for intervals; Hutchinson's standard error is calibrated.
+      reports; both NaN where the input, the embedding or an estimate is not finite. The
+      leave-one-out estimates are positively correlated, so this standard error is too small:
+      on tiny nets (k = 3, 4) its square was 0.25-0.6 of the estimate's variance. Use it to
+      compare, not for intervals; Hutchinson's standard error is calibrated.
     """
-    d, d_z = _check_stochastic(f, xs, keys, num_probes, side, probes)
-    if probes not in _XNYS_PROBES:
-        raise ValueError(
-            f"xnystrace needs rotation-invariant probes; got {probes!r}; "
-            f"valid: {', '.join(_XNYS_PROBES)}"
-        )
-    n = d_z if side == "output" else d
-    if not 2 <= num_probes <= n:
-        raise ValueError(
-            f"xnystrace needs 2 <= num_probes <= {n} (the {side} dimension); got {num_probes}"
-        )
+    probes = _check_kernel_args(f, xs, keys, "xnystrace", num_probes, side, probes)
     return jax.vmap(lambda x, key: _xnystrace_one(f, x, key, num_probes, side, probes))(xs, keys)
 
 
@@ -482,7 +620,7 @@ def estimate_sqnorms(
     estimator: str = "hutchinson",
     num_probes: int = 4,
     side: str = "output",
-    probes: str = "rademacher",
+    probes: str | None = None,
     max_bytes: int = DEFAULT_MAX_BYTES,
     chunk_size: int | None = None,
 ) -> tuple[Array, Array]:
@@ -497,15 +635,20 @@ def estimate_sqnorms(
       key: one PRNG key; sample ``b`` uses ``jax.random.split(key, B)[b]``, whatever the chunking.
       estimator: ``"hutchinson"`` (:func:`hutchinson_sqnorms`) or ``"xnystrace"``
         (:func:`xnystrace_sqnorms`).
-      num_probes, side, probes: as in the estimator.
+      num_probes, side: as in the estimator.
+      probes: as in the estimator; None for its default (:data:`ESTIMATOR_PROBES`: Rademacher
+        for Hutchinson, Gaussian for XNysTrace).
       max_bytes, chunk_size: as in :func:`jacobian_norms`.
 
     Returns:
-      ``(estimate, stderr)``, each ``[B]``.
+      ``(estimate, stderr)``, each ``[B]``; NaN where the input, the embedding or the estimate
+      is not finite.
     """
-    _registry_get(ESTIMATORS, estimator, "estimator")
     _check_batch(xs)
     _check_chunk_size(chunk_size)
+    probes = check_estimator(
+        f, _example(xs), estimator=estimator, num_probes=num_probes, side=side, probes=probes
+    )
     keys = jax.random.split(key, xs.shape[0])
     static = dict(estimator=estimator, num_probes=num_probes, side=side, probes=probes)
 
@@ -514,10 +657,11 @@ def estimate_sqnorms(
         key_spec = jax.ShapeDtypeStruct((chunk,), keys.dtype)
         return _estimate_chunk_jit.lower(f, spec, key_spec, **static).compile()
 
+    workers = _workers(compiled(1))
     chunk = chunk_size or _plan_chunk(
-        lambda c: _bytes(compiled(c)), xs.shape[0], _target_bytes(max_bytes)
+        lambda c: _bytes(compiled(c)), xs.shape[0], _target_bytes(max_bytes), workers
     )
-    return _map_chunks(compiled(chunk), (jnp.asarray(xs), keys), chunk)
+    return _map_chunks(compiled(chunk), (jnp.asarray(xs), keys), chunk, workers)
 
 
 # Paths between samples (the paper's Fig. 3)
@@ -551,7 +695,8 @@ def path_norms(
     max_bytes: int = DEFAULT_MAX_BYTES,
     chunk_size: int | None = None,
 ) -> Array:
-    """Exact ``||J(x_t)||_F`` along straight paths ``x_t = (1 - t) x0 + t x1``: ``[P, T]``.
+    """Exact ``||J(x_t)||_F`` along straight paths ``x_t = (1 - t) x0 + t x1``: ``[P, T]``
+    (NaN at points where :func:`jacobian_norms` gives NaN).
 
     Args:
       f: pure function of ONE unbatched input, ``x: [...] -> z: [d_z]``.
@@ -567,8 +712,13 @@ def path_norms(
 
 
 def _speeds(f: Fn, xs: Array, directions: Array) -> Array:
-    """``||J(x) dx||`` for each ``(x, dx)``: one JVP each."""
-    return jax.vmap(lambda x, dx: jnp.linalg.norm(jax.jvp(f, (x,), (dx,))[1]))(xs, directions)
+    """``||J(x) dx||`` for each ``(x, dx)``: one JVP each; NaN where anything is not finite."""
+
+    def speed(x, dx):
+        z, dz = jax.jvp(f, (x,), (dx,))
+        return _nan_unless_finite(jnp.linalg.norm(dz), x, dx, z)
+
+    return jax.vmap(speed)(xs, directions)
 
 
 _speeds_jit = jax.jit(_speeds, static_argnames="f")
@@ -595,6 +745,10 @@ def path_length(
       x0s, x1s: ``[P, ...]`` path ends.
       num_points: ``T >= 2`` quadrature nodes.
       max_bytes, chunk_size: as in :func:`jacobian_norms`.
+
+    Returns:
+      ``[P]`` lengths; NaN for a path with a point, a direction, an embedding or a speed that
+      is not finite.
     """
     _check_pairs(x0s, x1s)
     _check_chunk_size(chunk_size)
@@ -611,10 +765,11 @@ def path_length(
         spec = jax.ShapeDtypeStruct((chunk, *flat.shape[1:]), flat.dtype)
         return _speeds_jit.lower(f, spec, spec).compile()
 
+    workers = _workers(compiled(1))
     chunk = chunk_size or _plan_chunk(
-        lambda c: _bytes(compiled(c)), flat.shape[0], _target_bytes(max_bytes)
+        lambda c: _bytes(compiled(c)), flat.shape[0], _target_bytes(max_bytes), workers
     )
-    speeds = _map_chunks(compiled(chunk), (flat, dirs), chunk).reshape(pts.shape[:2])
+    speeds = _map_chunks(compiled(chunk), (flat, dirs), chunk, workers).reshape(pts.shape[:2])
     return jnp.trapezoid(speeds, ts, axis=1)
 
 

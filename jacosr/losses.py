@@ -33,6 +33,7 @@ ARPL's defaults are ``tau = 1`` (``--temp``) and ``lambda = 0.1`` (``--weight-pl
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -41,6 +42,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jacosr.config import require
 from jacosr.models import Outputs
 
 # Floor on sin^2(theta) in the margin: keeps d/dc sqrt(1 - c^2) finite at c = +-1.
@@ -61,6 +63,11 @@ class LossConfig:
         one-vs-rest loss (the ablation's "OvR + N" without "m").
       temperature: tau, the temperature of the distance logits of GCPL and RPL (ARPL's --temp).
       weight_pl: lambda of GCPL's prototype term and RPL's radius term (ARPL's --weight-pl).
+
+    Refused when built (``ValueError`` naming the flag): an unknown loss; a margin outside
+    [0, pi) (a negative margin loosens the class boundary it should tighten, and one of pi or
+    more turns the cosine around); a scale or temperature that is not a positive finite number;
+    a negative or infinite weight_pl.
     """
 
     loss: str = "movr"
@@ -69,6 +76,31 @@ class LossConfig:
     margin_neg: float = 0.5
     temperature: float = 1.0
     weight_pl: float = 0.1
+
+    def __post_init__(self):
+        require(self.loss in LOSSES, "--loss", f"one of {', '.join(sorted(LOSSES))}", self.loss)
+        for flag, margin in (("--margin-pos", self.margin_pos), ("--margin-neg", self.margin_neg)):
+            require(
+                0 <= margin < math.pi, flag, "an angle in [0, pi) radians (0: no margin)", margin
+            )
+        require(
+            math.isfinite(self.scale) and self.scale > 0,
+            "--scale",
+            "> 0 (T, the inverse temperature of the cosine logits)",
+            self.scale,
+        )
+        require(
+            math.isfinite(self.temperature) and self.temperature > 0,
+            "--temperature",
+            "> 0 (tau, the temperature of GCPL's and RPL's distance logits)",
+            self.temperature,
+        )
+        require(
+            math.isfinite(self.weight_pl) and self.weight_pl >= 0,
+            "--weight-pl",
+            ">= 0 (lambda of GCPL's prototype and RPL's radius term; 0: off)",
+            self.weight_pl,
+        )
 
 
 def loss_sce(logits: jax.Array, labels: jax.Array) -> jax.Array:

@@ -19,7 +19,7 @@ from types import MappingProxyType
 
 import numpy as np
 from numpy.typing import ArrayLike
-from sklearn.metrics import average_precision_score, davies_bouldin_score, f1_score, roc_auc_score
+from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
 
 ScoreMetric = Callable[[ArrayLike, ArrayLike], float]
 
@@ -354,18 +354,44 @@ def _embeddings_by_class(
     return x, index, means
 
 
+COINCIDE_RTOL = 1e-8
+"""Two class means closer than this times the largest embedding norm coincide: far below the
+resolution of float32 embeddings, far above the rounding of a mean of identical vectors."""
+
+
+def _class_spread(x: np.ndarray, index: np.ndarray, means: np.ndarray) -> np.ndarray:
+    """``[C]`` mean Euclidean distance of each class's samples to its mean (the S_i of DBI)."""
+    distance_to_mean = np.linalg.norm(x - means[index], axis=-1)
+    return np.bincount(index, weights=distance_to_mean) / np.bincount(index)
+
+
+def _mean_distances(x: np.ndarray, means: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``[C, C]`` distances between the class means of ``x``, and ``[C, C]`` bool: which pairs
+    of two different classes have coinciding means (:data:`COINCIDE_RTOL`), i.e. collapsed."""
+    distance = np.linalg.norm(means[:, None] - means[None], axis=-1)
+    tol = COINCIDE_RTOL * float(np.max(np.linalg.norm(x, axis=-1)))
+    return distance, (distance <= tol) & ~np.eye(len(means), dtype=bool)
+
+
 def metric_dbi(embeddings: ArrayLike, labels: ArrayLike) -> float:
     """Davies-Bouldin index of the embeddings grouped by label; lower = better separated.
 
     DBI = (1/C) sum_i max_{j != i} (S_i + S_j) / ||mu_i - mu_j||, with S_i the mean Euclidean
     distance of class i's samples to their mean mu_i (``sklearn.metrics.davies_bouldin_score``).
 
+    Collapse is the worst case, not the best: when two class means coincide (within
+    :data:`COINCIDE_RTOL` of the largest embedding norm) the index is infinite, and this
+    returns ``inf``. scikit-learn deviates there: it returns 0, the best value, when all means
+    are within 1e-8 of each other or every class is a single point (even one shared by two
+    classes), and it drops pairs of identical means from the maximum. Elsewhere the two agree
+    to rounding.
+
     Args:
       embeddings: [N, D] float.
       labels: [N] int, any class indices; needs 2 <= C <= N - 1 distinct values.
 
     Returns:
-      DBI >= 0.
+      DBI >= 0, or ``inf`` when two classes' means coincide.
     """
     x, index, means = _embeddings_by_class(embeddings, labels, min_classes=2)
     if means.shape[0] > x.shape[0] - 1:
@@ -373,7 +399,13 @@ def metric_dbi(embeddings: ArrayLike, labels: ArrayLike) -> float:
             f"{means.shape[0]} classes for {x.shape[0]} samples; the Davies-Bouldin index "
             "needs at least one class with two or more samples (C <= N - 1)"
         )
-    return float(davies_bouldin_score(x, index))
+    distance, coincide = _mean_distances(x, means)
+    if np.any(coincide):
+        return float("inf")
+    spread = _class_spread(x, index, means)
+    np.fill_diagonal(distance, np.inf)
+    ratio = (spread[:, None] + spread[None]) / distance
+    return float(np.mean(np.max(ratio, axis=1)))
 
 
 def _mean_pairwise_distance(means: np.ndarray) -> float:
@@ -406,24 +438,24 @@ def metric_intra_inter_ratio(embeddings: ArrayLike, labels: ArrayLike) -> float:
     class (the S_i of the Davies-Bouldin index), so a large class does not dominate; with
     balanced classes it equals the plain mean over samples.
 
+    When all class means coincide (every pair within :data:`COINCIDE_RTOL` of the largest
+    embedding norm: the classes collapsed onto one point) the ratio is infinite, the worst
+    value, and this returns ``inf``; rounding would otherwise leave an arbitrary ratio of two
+    tiny numbers. Means that coincide only in part still give a finite ratio.
+
     Args:
       embeddings: [N, D] float.
-      labels: [N] int, any class indices; needs at least 2 distinct values whose means
-        do not all coincide.
+      labels: [N] int, any class indices; needs at least 2 distinct values.
 
     Returns:
-      The ratio >= 0.
+      The ratio >= 0, or ``inf`` when all class means coincide.
     """
     x, index, means = _embeddings_by_class(embeddings, labels, min_classes=2)
+    _, coincide = _mean_distances(x, means)
+    if np.sum(coincide) == len(means) * (len(means) - 1):
+        return float("inf")
     inter = _mean_pairwise_distance(means)
-    if inter == 0.0:
-        raise ValueError(
-            "all class means coincide, so the inter-class distance is 0 and the ratio is "
-            "undefined; expected embeddings whose class means differ"
-        )
-    distance_to_mean = np.linalg.norm(x - means[index], axis=-1)
-    spread = np.bincount(index, weights=distance_to_mean) / np.bincount(index)
-    return float(np.mean(spread) / inter)
+    return float(np.mean(_class_spread(x, index, means)) / inter)
 
 
 OPEN_SET_METRICS: Mapping[str, ScoreMetric] = MappingProxyType(
@@ -437,10 +469,38 @@ OPEN_SET_METRICS: Mapping[str, ScoreMetric] = MappingProxyType(
 """Read-only registry of the metrics that need only (known_scores, unknown_scores)."""
 
 
+def check_finite_scores(score: str, scores: Mapping[str, ArrayLike]) -> None:
+    """Refuse non-finite scores before any metric sees them.
+
+    Args:
+      score: the score's name, for the message (``"msp"``).
+      scores: split name -> ``[N]`` scores of that split (``{"known-test": ..., ...}``).
+
+    Raises:
+      ValueError naming the score and, per split with non-finite values, how many of how many
+      samples; a NaN or infinite score (a diverged model's NaN outputs, an overflow, a
+      non-finite input) would otherwise make every metric of the table meaningless.
+    """
+    bad = []
+    for split, values in scores.items():
+        a = np.asarray(values, dtype=np.float64)
+        n = int(np.count_nonzero(~np.isfinite(a)))
+        if n:
+            bad.append(f"{n} of {a.size} {split} samples")
+    if bad:
+        raise ValueError(
+            f"score {score!r} is NaN or infinite for {', '.join(bad)}; its metrics would be "
+            "meaningless. A diverged model (NaN outputs) or non-finite inputs cause this: check "
+            "the run's loss in metrics.jsonl and the data"
+        )
+
+
 def open_set_metrics(
     known_scores: ArrayLike,
     unknown_scores: ArrayLike,
     known_correct: ArrayLike | None = None,
+    *,
+    score: str = "scores",
 ) -> dict[str, float]:
     """Every score-based metric at once: the entries of ``OPEN_SET_METRICS``, plus ``oscr``.
 
@@ -449,10 +509,13 @@ def open_set_metrics(
       unknown_scores: [N_u] float, same convention.
       known_correct: optional [N_k] bool, closed-set correctness per known sample; when given,
         the result also holds ``"oscr"``.
+      score: the score's name, for the error on non-finite scores
+        (:func:`check_finite_scores`).
 
     Returns:
       ``{"auroc", "aupr_in", "aupr_out", "fpr95"[, "oscr"]} -> float``.
     """
+    check_finite_scores(score, {"known": known_scores, "unknown": unknown_scores})
     results = {name: fn(known_scores, unknown_scores) for name, fn in OPEN_SET_METRICS.items()}
     if known_correct is not None:
         results["oscr"] = metric_oscr(known_scores, known_correct, unknown_scores)

@@ -26,6 +26,7 @@ from scipy.special import logsumexp
 from scipy.stats import weibull_min
 
 from jacosr import jacobian
+from jacosr.config import require
 from jacosr.losses import LossConfig, loss_spec, per_sample_loss
 from jacosr.models import Outputs, unit_normalise
 
@@ -44,6 +45,10 @@ class ScoreConfig:
         (Bendale & Boult 2016 use 20).
       openmax_alpha: how many top-ranked classes OpenMax recalibrates (its alpha rank).
       score_seed: seed of the stochastic scores' probes.
+
+    Refused when built (``ValueError`` naming the flag): an unknown estimator, fewer than 1
+    probe (2 for ``xnystrace``), a tail below 2 (a Weibull fit needs two distances) and an
+    alpha below 1.
     """
 
     jacobian_estimator: str = "hutchinson"
@@ -51,6 +56,29 @@ class ScoreConfig:
     openmax_tail: int = 20
     openmax_alpha: int = 2
     score_seed: int = 0
+
+    def __post_init__(self):
+        estimators = jacobian.ESTIMATORS
+        require(
+            self.jacobian_estimator in estimators,
+            "--jacobian-estimator",
+            f"one of {', '.join(sorted(estimators))}",
+            self.jacobian_estimator,
+        )
+        least = 2 if self.jacobian_estimator == "xnystrace" else 1
+        require(
+            self.jacobian_probes >= least,
+            "--jacobian-probes",
+            f">= {least} with --jacobian-estimator {self.jacobian_estimator}",
+            self.jacobian_probes,
+        )
+        require(
+            self.openmax_tail >= 2,
+            "--openmax-tail",
+            ">= 2 (the Weibull fit needs two distances per class)",
+            self.openmax_tail,
+        )
+        require(self.openmax_alpha >= 1, "--openmax-alpha", ">= 1", self.openmax_alpha)
 
 
 class ScoreContext(NamedTuple):
@@ -212,7 +240,8 @@ def score_jacobian(f: Callable[[jax.Array], jax.Array], x: np.ndarray) -> np.nda
     """Exact ``||df/dx||_F`` per sample (:func:`jacosr.jacobian.jacobian_norms`). ``[B]``.
 
     Training lowers the norm on known classes more than on unknowns (Eq. 20), so a large norm
-    means "unknown".
+    means "unknown". NaN for a sample whose input, embedding or norm is not finite (a NaN image
+    through a ReLU net has a zero Jacobian; it must not score as the most familiar sample).
     """
     return np.asarray(jacobian.jacobian_norms(f, x))
 
@@ -229,12 +258,13 @@ def score_jacobian_stochastic(
     estimate_sqnorms`), clipped at 0. ``[B]``; sample b's probes depend on ``key`` and b only.
 
     Probes are uniform on the sphere, which both estimators accept (XNysTrace needs
-    rotation-invariant probes) and whose variance is never above Gaussian probes'.
+    rotation-invariant probes) and whose variance is never above Gaussian probes'. NaN where
+    the input, the embedding or the estimate is not finite, as for :func:`score_jacobian`.
     """
     sq, _ = jacobian.estimate_sqnorms(
         f, x, key, estimator=estimator, num_probes=num_probes, probes="sphere"
     )
-    return np.sqrt(np.maximum(np.asarray(sq), 0.0))
+    return np.sqrt(np.maximum(np.asarray(sq), 0.0))  # np.maximum keeps NaN
 
 
 # ----- the registry --------------------------------------------------------------------------

@@ -22,13 +22,24 @@ representation without adding rotated images to any class or moving the class pr
 (the paper's caution that the self-supervised task must not collapse the class prototypes).
 The upright and rotated images pass through the network as one batch of 2B (one set of
 BatchNorm statistics). Weight decay is coupled L2 on every parameter (--weight-decay 0: off).
+
+What survives what (see :mod:`jacosr.workdir` and :mod:`jacosr.checkpoint`): a bad config value
+is refused before anything is written; the workdir is locked for the whole run (a second
+process on it is refused); a run killed at any moment resumes, from its newest intact
+checkpoint, to bit-identical parameters and a ``metrics.jsonl`` without duplicated or missing
+lines (a partial last line is dropped); a damaged checkpoint is skipped with a warning, never
+restored; a failed checkpoint write (disk full) raises one error naming its cause and the
+intact checkpoint to resume from. ``JACOSR_FAULT`` (:mod:`jacosr.checkpoint`) kills the process
+at chosen points, for the tests of all this.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -41,13 +52,13 @@ import optax
 from flax import nnx
 from tqdm.auto import tqdm
 
-from jacosr.checkpoint import CheckpointStore
-from jacosr.config import cli, from_dict, to_dict
+from jacosr.checkpoint import CheckpointStore, DamagedCheckpointError, fault_point
+from jacosr.config import cli, from_dict, require, to_dict
 from jacosr.data import DataConfig, OpenSetData, get_augmentation, load_open_set, to_float
 from jacosr.evaluate import EvalConfig, evaluate, format_table
 from jacosr.losses import LossConfig, loss_rotation, loss_spec, per_sample_loss
 from jacosr.models import ModelConfig, ModelState, OpenSetNet, apply_model, split_model
-from jacosr.workdir import prepare_workdir
+from jacosr.workdir import Workdir, WorkdirError, open_workdir
 
 # Sources on which the techniques default to off (``augment="auto"``, ``self_sup=None``):
 # 8x8 digits are not flip-invariant and a 4 px shift moves half the image; toy2d's "images"
@@ -81,7 +92,14 @@ class TrainConfig:
       seed: seed of initialisation, batch order and dropout.
       log_every: steps per device dispatch (run as one lax.scan) and per metrics.jsonl line.
       checkpoint_every: steps between checkpoints (a multiple of log_every).
-      keep_checkpoints: how many recent checkpoints to keep.
+      keep_checkpoints: how many recent checkpoints to keep (at least 1: the run resumes and
+        is evaluated from its last checkpoint).
+
+    Refused when built (``ValueError`` naming the flag, before any workdir exists): fewer than
+    1 step, image per batch, step per log line or checkpoint kept; checkpoint_every not a
+    positive multiple of log_every; lr not a positive finite number; lr_min outside [0, lr];
+    momentum outside [0, 1); a negative or infinite weight_decay or self_sup; an unknown
+    augmentation.
     """
 
     data: DataConfig = field(default_factory=DataConfig)
@@ -100,18 +118,51 @@ class TrainConfig:
     checkpoint_every: int = 1000
     keep_checkpoints: int = 3
 
+    def __post_init__(self):
+        for flag, value in (
+            ("--steps", self.steps),
+            ("--batch-size", self.batch_size),
+            ("--log-every", self.log_every),
+            ("--keep-checkpoints", self.keep_checkpoints),
+        ):
+            require(value >= 1, flag, ">= 1", value)
+        require(
+            self.checkpoint_every >= 1 and self.checkpoint_every % self.log_every == 0,
+            "--checkpoint-every",
+            f"a positive multiple of --log-every ({self.log_every})",
+            self.checkpoint_every,
+        )
+        require(
+            0 < self.lr < math.inf, "--lr", "> 0 and finite (the initial learning rate)", self.lr
+        )
+        require(
+            0 <= self.lr_min <= self.lr,
+            "--lr-min",
+            f"between 0 and --lr ({self.lr}) (the final learning rate)",
+            self.lr_min,
+        )
+        require(0 <= self.momentum < 1, "--momentum", "in [0, 1)", self.momentum)
+        require(
+            0 <= self.weight_decay < math.inf,
+            "--weight-decay",
+            ">= 0 and finite (0: off)",
+            self.weight_decay,
+        )
+        require(
+            self.self_sup is None or 0 <= self.self_sup < math.inf,
+            "--self-sup",
+            ">= 0 and finite (0 turns the rotation task off)",
+            self.self_sup,
+        )
+        if self.augment != "auto":
+            get_augmentation(self.augment)
+
 
 def resolve_techniques(config: TrainConfig) -> TrainConfig:
-    """Replace ``augment="auto"`` and ``self_sup=None`` by the data set's defaults.
-
-    Idempotent; validates the augmentation name and the sign of ``self_sup``.
-    """
+    """Replace ``augment="auto"`` and ``self_sup=None`` by the data set's defaults. Idempotent."""
     off = config.data.benchmark is None and config.data.dataset in TECHNIQUES_OFF_BY_DEFAULT
     augment = ("none" if off else "weak") if config.augment == "auto" else config.augment
-    get_augmentation(augment)
     self_sup = (0.0 if off else PAPER_SELF_SUP) if config.self_sup is None else config.self_sup
-    if self_sup < 0:
-        raise ValueError(f"self_sup must be >= 0 (0 turns the rotation task off), got {self_sup}")
     return dataclasses.replace(config, augment=augment, self_sup=float(self_sup))
 
 
@@ -251,12 +302,29 @@ class NonFiniteLossError(FloatingPointError):
     """Training produced a NaN or infinite loss; the last good checkpoint is left intact."""
 
 
+TRAIN_OUTPUTS = ("checkpoints", "metrics.jsonl", "results.json")
+"""What a training run writes in its workdir besides ``config.json`` (all that ``--overwrite``
+may delete there)."""
+
+
 def _truncate_log(path: Path, step: int) -> None:
-    """Drop log lines written after ``step`` (by a run that died before its next checkpoint)."""
-    if path.exists():
-        lines = path.read_text().splitlines()
-        kept = [line for line in lines if json.loads(line)["step"] <= step]
-        path.write_text("".join(line + "\n" for line in kept))
+    """Drop the log lines after ``step`` (written by a run that died before its next
+    checkpoint) and a partial last line (a kill while writing it). Lines are appended in step
+    order, so what goes is a tail; an unchanged log is not rewritten (read-only workdirs)."""
+    if not path.exists():
+        return
+    text = path.read_bytes()
+    keep = 0
+    for line in text.splitlines(keepends=True):
+        try:
+            if not line.endswith(b"\n") or json.loads(line)["step"] > step:
+                break
+        except (ValueError, KeyError, TypeError):
+            break
+        keep += len(line)
+    if keep < len(text):
+        with path.open("r+b") as log:
+            log.truncate(keep)
 
 
 def _check_config(config: TrainConfig, data: OpenSetData) -> None:
@@ -272,15 +340,77 @@ def _check_config(config: TrainConfig, data: OpenSetData) -> None:
             f"known_train has {n} images, fewer than batch_size {config.batch_size}; "
             "lower --batch-size or use more known classes"
         )
-    if config.steps < 1 or config.log_every < 1:
-        raise ValueError(
-            f"steps and log_every must be >= 1, got {config.steps}, {config.log_every}"
-        )
-    if config.checkpoint_every % config.log_every:
-        raise ValueError(
-            f"checkpoint_every ({config.checkpoint_every}) must be a multiple of log_every "
-            f"({config.log_every})"
-        )
+
+
+def _resume(wd: Workdir, template: TrainState, overwrite: bool) -> tuple[TrainState, list[int]]:
+    """The state to start from: the newest intact checkpoint, or ``template`` (a fresh run);
+    and the newer damaged checkpoints (to delete before their steps are saved again).
+
+    A checkpoint of another config (``config.json`` deleted by hand) or none intact is
+    refused, unless ``overwrite``: then the old run is deleted and this one starts afresh.
+    """
+    with CheckpointStore(wd.path, read_only=True) as store:
+        try:
+            state, damaged = store.restore(template, wd.config)
+        except (WorkdirError, DamagedCheckpointError):
+            if not overwrite:
+                wd.discard_config()
+                raise
+        else:
+            return (template, []) if state is None else (state, damaged)
+    wd.clear()
+    return template, []
+
+
+def _train(
+    config: TrainConfig, data: OpenSetData, wd: Workdir, *, overwrite: bool, progress: bool
+) -> tuple[nnx.GraphDef, ModelState]:
+    """:func:`fit` in the open workdir ``wd``."""
+    graphdef, fresh = init_train_state(config, data)
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), fresh)
+    state, damaged = _resume(wd, fresh, overwrite)
+    start = int(state.step)
+    log_path = wd.path / "metrics.jsonl"
+    _truncate_log(log_path, start)
+    if start >= config.steps:  # finished: the checkpoints were only read
+        return graphdef, state.model
+    dispatch = make_train_dispatch(graphdef, config, len(data.known_train.y))
+    train_x = jax.device_put(data.known_train.x)
+    train_y = jax.device_put(data.known_train.y)
+    schedule = lr_schedule(config)
+    bar = tqdm(total=config.steps, initial=start, disable=not progress, desc="train", unit="step")
+    t0 = time.perf_counter()
+    with CheckpointStore(wd.path, keep=config.keep_checkpoints) as store, bar:
+        store.delete(damaged)
+        with log_path.open("a") as log:
+            step = start
+            while step < config.steps:
+                n = min(config.log_every - step % config.log_every, config.steps - step)
+                state, (loss, accuracy, finite) = dispatch(state, train_x, train_y, n)
+                loss, accuracy = np.asarray(loss), np.asarray(accuracy)
+                bad = np.flatnonzero(~np.asarray(finite))
+                if bad.size:
+                    raise NonFiniteLossError(
+                        f"training diverged at step {step + int(bad[0])}: the loss "
+                        f"({loss[bad[0]]}) or the updated parameters are not finite; "
+                        f"{store.describe_intact(abstract)}. Lower --lr or check the data"
+                    )
+                step += n
+                record = {
+                    "step": step,
+                    "loss": float(loss.mean()),
+                    "accuracy": float(accuracy.mean()),
+                    "lr": float(schedule(step - 1)),
+                    "seconds": round(time.perf_counter() - t0, 3),
+                }
+                log.write(json.dumps(record) + "\n")
+                log.flush()
+                fault_point("after-step", step)
+                bar.update(n)
+                bar.set_postfix(loss=f"{record['loss']:.4f}", acc=f"{record['accuracy']:.3f}")
+                if step % config.checkpoint_every == 0 or step == config.steps:
+                    store.save(step, state, wd.config)
+    return graphdef, state.model
 
 
 def fit(
@@ -298,64 +428,16 @@ def fit(
     checkpointed. A non-finite loss or parameter raises :class:`NonFiniteLossError` naming the
     step, without saving the diverged state. ``config.json`` holds the config with the
     techniques' defaults resolved (:func:`resolve_techniques`).
+
+    The workdir is opened with :func:`jacosr.workdir.open_workdir` (its lock held throughout;
+    a different config is refused unless ``overwrite``); training resumes from the newest
+    intact checkpoint (:meth:`jacosr.checkpoint.CheckpointStore.restore`); a finished run
+    only reads its last checkpoint (a read-only workdir works).
     """
     config = resolve_techniques(config)
     _check_config(config, data)
-    workdir = Path(workdir)
-    config_dict = to_dict(config)
-    prepare_workdir(workdir, config_dict, overwrite=overwrite)
-    graphdef, state = init_train_state(config, data)
-    store = CheckpointStore(workdir, keep=config.keep_checkpoints)
-    log_path = workdir / "metrics.jsonl"
-    try:
-        if store.latest_step() is not None:
-            state, _ = store.restore(state)
-        start = int(state.step)
-        _truncate_log(log_path, start)
-        dispatch = make_train_dispatch(graphdef, config, len(data.known_train.y))
-        train_x = jax.device_put(data.known_train.x)
-        train_y = jax.device_put(data.known_train.y)
-        schedule = lr_schedule(config)
-        bar = tqdm(
-            total=config.steps, initial=start, disable=not progress, desc="train", unit="step"
-        )
-        t0 = time.perf_counter()
-        with log_path.open("a") as log, bar:
-            step = start
-            while step < config.steps:
-                n = min(config.log_every - step % config.log_every, config.steps - step)
-                state, (loss, accuracy, finite) = dispatch(state, train_x, train_y, n)
-                loss, accuracy = np.asarray(loss), np.asarray(accuracy)
-                bad = np.flatnonzero(~np.asarray(finite))
-                if bad.size:
-                    last = store.latest_step()
-                    kept = (
-                        f"the last good checkpoint (step {last}) in {store.directory} is intact"
-                        if last is not None
-                        else "no checkpoint had been saved yet"
-                    )
-                    raise NonFiniteLossError(
-                        f"training diverged at step {step + int(bad[0])}: the loss "
-                        f"({loss[bad[0]]}) or the updated parameters are not finite; {kept}. "
-                        "Lower --lr or check the data"
-                    )
-                step += n
-                record = {
-                    "step": step,
-                    "loss": float(loss.mean()),
-                    "accuracy": float(accuracy.mean()),
-                    "lr": float(schedule(step - 1)),
-                    "seconds": round(time.perf_counter() - t0, 3),
-                }
-                log.write(json.dumps(record) + "\n")
-                log.flush()
-                bar.update(n)
-                bar.set_postfix(loss=f"{record['loss']:.4f}", acc=f"{record['accuracy']:.3f}")
-                if step % config.checkpoint_every == 0 or step == config.steps:
-                    store.save(step, state, config_dict)
-    finally:
-        store.close()
-    return graphdef, state.model
+    with open_workdir(workdir, to_dict(config), outputs=TRAIN_OUTPUTS, overwrite=overwrite) as wd:
+        return _train(config, data, wd, overwrite=overwrite, progress=progress)
 
 
 def run(
@@ -369,33 +451,48 @@ def run(
     """Train ``config`` in ``workdir``, evaluate on the open-set split, write results.json.
 
     ``evaluation`` defaults to ``EvalConfig()``. Returns ``{"config": the resolved config,
-    **evaluate(...)}`` (see :func:`jacosr.evaluate.evaluate`).
+    **evaluate(...)}`` (see :func:`jacosr.evaluate.evaluate`). The workdir stays locked until
+    results.json is written; if it cannot be written (a read-only workdir), a warning says so
+    and the results are still returned.
     """
     config = resolve_techniques(config)
     data = load_open_set(config.data)
-    graphdef, model_state = fit(config, data, workdir, overwrite=overwrite, progress=progress)
-    results = {
-        "config": to_dict(config),
-        **evaluate(graphdef, model_state, data, config.loss, evaluation or EvalConfig()),
-    }
-    (Path(workdir) / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    _check_config(config, data)
+    with open_workdir(workdir, to_dict(config), outputs=TRAIN_OUTPUTS, overwrite=overwrite) as wd:
+        graphdef, model_state = _train(config, data, wd, overwrite=overwrite, progress=progress)
+        results = {
+            "config": to_dict(config),
+            **evaluate(graphdef, model_state, data, config.loss, evaluation or EvalConfig()),
+        }
+        try:
+            wd.write_text("results.json", json.dumps(results, indent=2) + "\n")
+        except OSError as err:
+            warnings.warn(
+                f"could not write {wd.path / 'results.json'}: {err.strerror}; the results "
+                "above are not saved",
+                stacklevel=2,
+            )
     return results
 
 
 def load_run(workdir: Path) -> tuple[TrainConfig, OpenSetData, nnx.GraphDef, ModelState]:
-    """Load a run's config, data and latest model from its workdir (for notebooks)."""
+    """Load a run's config, data and latest model from its workdir (for notebooks).
+
+    Restores the newest intact checkpoint, verified as by :func:`fit` (a damaged one is
+    skipped with a warning), read-only and without taking the workdir's lock (a run may be
+    training there).
+    """
     workdir = Path(workdir)
     config_path = workdir / "config.json"
     if not config_path.exists():
         raise FileNotFoundError(f"{workdir} has no config.json; is it a jacosr workdir?")
     config = from_dict(TrainConfig, json.loads(config_path.read_text()))
     data = load_open_set(config.data)
-    graphdef, state = init_train_state(config, data)
-    store = CheckpointStore(workdir, keep=config.keep_checkpoints)
-    try:
-        state, _ = store.restore(state)
-    finally:
-        store.close()
+    graphdef, template = init_train_state(config, data)
+    with CheckpointStore(workdir, read_only=True) as store:
+        state, _ = store.restore(template, to_dict(config))
+    if state is None:
+        raise FileNotFoundError(f"no checkpoint in {store.directory}")
     return config, data, graphdef, state.model
 
 
@@ -408,7 +505,9 @@ class TrainArgs:
       evaluation: the unknown scores and their settings (not part of the run's identity:
         re-running a finished workdir with other scores only re-evaluates).
       workdir: where config.json, metrics.jsonl, checkpoints/ and results.json go.
-      overwrite: delete a run with a different config in workdir instead of refusing.
+      overwrite: instead of refusing a workdir that holds a run with a different config (or
+        none of whose checkpoints is intact), delete that run and train this one; deletes
+        only what jacosr wrote there (never other files), and never a workdir in use.
     """
 
     config: TrainConfig = field(default_factory=TrainConfig)
@@ -426,4 +525,6 @@ def main(args: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from jacosr.config import run_command
+
+    run_command(main)

@@ -1,14 +1,47 @@
 """Workdirs: every run writes into one, and re-running into it resumes.
 
-A workdir holds ``config.json``; a second run with the same config reuses what is there, a run
-with a different config is refused unless ``overwrite``, which deletes the old run first.
+A workdir is a folder that jacosr made: :func:`open_workdir` writes the marker file
+``.jacosr-workdir`` when it creates the folder (or finds it empty), with the names of the
+outputs the run writes there (``config.json`` always; e.g. ``metrics.jsonl``, ``results.json``,
+``checkpoints`` for a training run). A folder that is not empty and has no marker is never
+written into or deleted from, whatever the flags.
+
+While a run is open (the ``with`` block of :func:`open_workdir`) it holds an exclusive
+``flock`` on the workdir's directory; a second process on the same workdir is refused. The
+kernel drops the lock when the process dies, however it dies (SIGKILL included), so a crash
+never leaves a workdir locked; the lock needs no file, so a read-only workdir can still be
+opened (to re-evaluate a finished run).
+
+A run with the same config reuses the workdir (training resumes). A different config is
+refused unless ``overwrite``, which deletes only what jacosr wrote: the outputs named in the
+markers of the workdir and of every marked workdir below it (experiments keep their runs in
+``<workdir>/runs/<row>/seed<i>`` or ``<workdir>/train``), and folders this leaves empty on the
+way to those sub-workdirs. Files and folders the user put anywhere survive, and a sub-workdir
+that another process holds makes the overwrite refuse before anything is deleted.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import os
 import shutil
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+
+MARKER = ".jacosr-workdir"
+"""The file that marks a folder jacosr made; JSON ``{"written_by": "jacosr", "outputs": [...]}``."""
+CONFIG = "config.json"
+
+
+class WorkdirError(ValueError):
+    """A workdir that this run may not use (another config, not made by jacosr, in use)."""
+
+
+class WorkdirBusyError(WorkdirError):
+    """Another process holds the workdir's lock (a run in progress)."""
 
 
 def config_diff(old: dict, new: dict, prefix: str = "") -> str:
@@ -24,23 +57,206 @@ def config_diff(old: dict, new: dict, prefix: str = "") -> str:
     return "; ".join(changes)
 
 
-def prepare_workdir(workdir: Path, config: dict, *, overwrite: bool = False) -> Path:
-    """Create ``workdir`` with ``config.json``, or check that it already holds ``config``.
+def _write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a sibling ``.tmp`` file and a rename, so that a kill
+    leaves either the old file or the new one."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise
 
-    Raises ``ValueError`` naming the differing keys when the workdir holds another config,
-    unless ``overwrite``, which deletes the old run.
+
+def _lock(path: Path) -> int | None:
+    """An fd of directory ``path`` holding its exclusive flock, or None if another holds it."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)  # not inherited by child processes
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _busy(path: Path) -> WorkdirBusyError:
+    return WorkdirBusyError(
+        f"{path} is in use by another jacosr process (it holds the workdir's lock); wait for "
+        "that run to finish, or choose another --workdir"
+    )
+
+
+def _outputs(workdir: Path) -> list[str]:
+    """The outputs named in ``workdir``'s marker (which must exist)."""
+    marker = workdir / MARKER
+    try:
+        outputs = json.loads(marker.read_text())["outputs"]
+    except (ValueError, KeyError, TypeError) as err:
+        raise WorkdirError(
+            f"{marker} is damaged ({err}); jacosr cannot tell which files it wrote there. "
+            "Choose another --workdir, or delete the folder yourself"
+        ) from None
+    return [name for name in outputs if name and "/" not in name and name not in (".", "..")]
+
+
+def _write_marker(workdir: Path, outputs: Iterable[str]) -> None:
+    text = json.dumps({"written_by": "jacosr", "outputs": sorted(set(outputs))}, indent=2)
+    _write_atomic(workdir / MARKER, text + "\n")
+
+
+def _owned(workdir: Path) -> set[str]:
+    """Everything jacosr may remove from the marked ``workdir`` (the marker excepted): its
+    outputs, ``config.json`` and the temporary files of their atomic writes."""
+    names = {*_outputs(workdir), CONFIG}
+    return names | {f"{name}.tmp" for name in names} | {MARKER + ".tmp"}
+
+
+def _marked_below(root: Path) -> list[Path]:
+    """The marked workdirs strictly below ``root`` (not descending into jacosr's outputs),
+    deepest first."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        here = Path(dirpath)
+        if MARKER in filenames:
+            if here != root:
+                found.append(here)
+            owned = _owned(here)
+            dirnames[:] = [d for d in dirnames if d not in owned]
+    return sorted(found, key=lambda p: len(p.parts), reverse=True)
+
+
+def _remove(path: Path) -> None:
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.is_dir():
+        shutil.rmtree(path)
+
+
+def _clear(root: Path) -> None:
+    """Delete the outputs of the marked workdir ``root`` (keeping its marker) and of every
+    marked workdir below it, after taking all their locks (refusing if any is held)."""
+    below = _marked_below(root)
+    held = []
+    try:
+        for sub in below:
+            fd = _lock(sub)
+            if fd is None:
+                raise WorkdirBusyError(f"cannot overwrite {root}: {_busy(sub)}")
+            held.append(fd)
+        for sub in below:
+            for name in (*_owned(sub), MARKER):
+                _remove(sub / name)
+            # Remove the folders this left empty, up to (not including) root: the sub-workdir
+            # and the folders jacosr made on the way to it (runs/, runs/<row>/).
+            for folder in (sub, *sub.parents):
+                if folder == root or root not in folder.parents:
+                    break
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
+        for name in _owned(root):
+            _remove(root / name)
+    finally:
+        for fd in held:
+            os.close(fd)
+
+
+@dataclass(frozen=True)
+class Workdir:
+    """An open workdir (see :func:`open_workdir`); its lock is held until the block ends.
+
+    Attributes:
+      path: the folder.
+      config: the run's config, as in ``config.json``.
+      outputs: the names this run writes in ``path`` besides ``config.json``.
+      wrote_config: whether this opening wrote ``config.json`` (it was missing).
     """
-    workdir = Path(workdir)
-    config_path = workdir / "config.json"
-    if config_path.exists():
-        old = json.loads(config_path.read_text())
-        if old != config:
-            if not overwrite:
-                raise ValueError(
-                    f"{workdir} holds a run with a different config ({config_diff(old, config)}); "
-                    "choose another --workdir, or pass --overwrite to delete the old run"
+
+    path: Path
+    config: dict
+    outputs: tuple[str, ...]
+    wrote_config: bool
+
+    def clear(self) -> None:
+        """Delete what jacosr wrote here and in marked sub-workdirs (see the module docstring)
+        and write ``config.json`` afresh: the run starts over."""
+        _clear(self.path)
+        _write_marker(self.path, self.outputs)
+        _write_atomic(self.path / CONFIG, json.dumps(self.config, indent=2) + "\n")
+
+    def write_text(self, name: str, text: str) -> None:
+        """Write the output ``name`` (one of :attr:`outputs`) atomically: a failed write (disk
+        full, read-only workdir) leaves the previous file as it was."""
+        if name not in self.outputs:
+            raise ValueError(f"{name!r} is not one of this run's outputs {self.outputs}")
+        _write_atomic(self.path / name, text)
+
+    def discard_config(self) -> None:
+        """Remove ``config.json`` if this opening wrote it (leave the workdir as found)."""
+        if self.wrote_config:
+            (self.path / CONFIG).unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def open_workdir(
+    path: Path, config: dict, *, outputs: Iterable[str], overwrite: bool = False
+) -> Iterator[Workdir]:
+    """Open (creating it if needed) the workdir ``path`` for the run ``config``; hold its lock.
+
+    ``outputs``: the files and folders the run writes in ``path`` besides ``config.json``
+    (recorded in the marker: what ``overwrite`` may delete later). ``config.json`` is written
+    only when missing, so a read-only workdir of a finished run opens for re-evaluation.
+
+    Raises :class:`WorkdirError` when ``path`` is a non-empty folder jacosr did not make (even
+    with ``overwrite``) or holds a different config (unless ``overwrite``: then the old run's
+    outputs are deleted first, see the module docstring), and :class:`WorkdirBusyError` when
+    another process holds the workdir (or, with ``overwrite``, a marked sub-workdir).
+    """
+    path = Path(path)
+    config = json.loads(json.dumps(config))  # as config.json holds it: tuples are lists
+    outputs = tuple(outputs)
+    if path.exists() and not path.is_dir():
+        raise WorkdirError(f"{path} exists and is not a folder; choose another --workdir")
+    path.mkdir(parents=True, exist_ok=True)
+    fd = _lock(path)
+    if fd is None:
+        raise _busy(path)
+    try:
+        if not (path / MARKER).exists():
+            if any(p.name != MARKER + ".tmp" for p in path.iterdir()):
+                raise WorkdirError(
+                    f"{path} is not empty and jacosr did not make it (it has no {MARKER} "
+                    "file), so jacosr neither writes into it nor deletes anything in it, even "
+                    "with --overwrite; choose another --workdir (a new or empty folder; a "
+                    "workdir of a jacosr older than the marker must be re-run into a new one)"
                 )
-            shutil.rmtree(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    config_path.write_text(json.dumps(config, indent=2) + "\n")
-    return workdir
+            _write_marker(path, outputs)
+        config_path = path / CONFIG
+        wrote_config = not config_path.exists()
+        if not wrote_config:
+            try:
+                old = json.loads(config_path.read_text())
+                differs = ""
+                if old != config:
+                    plain = isinstance(old, dict) and config_diff(old, config)
+                    differs = plain or f"its {CONFIG} holds {str(old)[:200]}"
+            except ValueError as err:
+                differs = f"its {CONFIG} cannot be read: {err}"
+            if differs:
+                if not overwrite:
+                    raise WorkdirError(
+                        f"{path} holds a run with a different config ({differs}); choose "
+                        "another --workdir, or pass --overwrite to delete the old run"
+                    )
+                _clear(path)
+                _write_marker(path, outputs)
+                wrote_config = True
+        if wrote_config:
+            _write_atomic(config_path, json.dumps(config, indent=2) + "\n")
+        known = _outputs(path)
+        if not set(outputs) <= set(known):
+            _write_marker(path, [*known, *outputs])
+        yield Workdir(path, config, outputs, wrote_config)
+    finally:
+        os.close(fd)  # releases the lock

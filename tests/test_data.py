@@ -186,8 +186,8 @@ def test_unknown_source_name_lists_the_valid_ones():
         load_source("nope")
     for name in SOURCES:
         assert name in str(err.value)
-    with pytest.raises(ValueError, match="unknown data set 'cifar11'"):
-        load_open_set(DataConfig(dataset="cifar11"))
+    with pytest.raises(ValueError, match=r"^--dataset must be one of cifar10, .*; got 'cifar11'"):
+        DataConfig(dataset="cifar11")
 
 
 @pytest.mark.parametrize(

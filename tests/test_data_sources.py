@@ -2,8 +2,7 @@
 TinyImageNet and out-of-distribution folders generated with Pillow, the uint8 cache, the
 prepare command, and open-set splits across sources."""
 
-import contextlib
-import io
+import logging
 import re
 import warnings
 from pathlib import Path
@@ -11,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
-import tyro
 from PIL import Image
 
+from jacosr.config import run_command
 from jacosr.data import (
     DataConfig,
     DataNotPreparedError,
@@ -25,8 +24,8 @@ from jacosr.data import (
 )
 from jacosr.data import prepare as prepare_module
 from jacosr.data.folders import decode_image
-from jacosr.data.labelled import cache_path, load_cache
-from jacosr.data.prepare import PrepareArgs, main, prepare
+from jacosr.data.labelled import DEFAULT_DATA_DIR, cache_path, load_cache, prepare_command
+from jacosr.data.prepare import main, prepare
 
 TFDS_EXPECTED = {  # name: (image shape, number of classes)
     "mnist": ((28, 28, 1), 10),
@@ -200,26 +199,65 @@ def test_tfds_real_mnist_and_imagenet_validation_split(tmp_path):
     assert cache_path(tmp_path, "imagenet_resized/32x32").name == "imagenet_resized-32x32.npz"
 
 
+def test_prepare_command_names_the_data_dir_unless_it_is_the_default(tmp_path):
+    assert prepare_command("cifar10") == "python -m jacosr.data.prepare cifar10"
+    assert prepare_command("cifar10", DEFAULT_DATA_DIR) == "python -m jacosr.data.prepare cifar10"
+    assert (
+        prepare_command("imagenet_resized/32x32", tmp_path / "my data")
+        == f"python -m jacosr.data.prepare imagenet_resized/32x32 --data-dir '{tmp_path}/my data'"
+    )
+
+
 @pytest.mark.parametrize("name", sorted(TFDS_EXPECTED))
-def test_tfds_not_prepared_names_the_command(tmp_path, name):
-    with pytest.raises(DataNotPreparedError) as err:
+@pytest.mark.parametrize("tensorflow", [True, False])
+def test_tfds_not_prepared_says_why_and_the_exact_command(
+    tmp_path, name, tensorflow, monkeypatch, caplog
+):
+    monkeypatch.setattr(tfds_sources, "has_tensorflow", lambda: tensorflow)
+    with caplog.at_level(logging.WARNING), pytest.raises(DataNotPreparedError) as err:
         load_source(name, tmp_path)
-    assert f"`python -m jacosr.data.prepare {name}`" in str(err.value)
-    assert "pip install 'jacosr[data]'" in str(err.value)
+    command = f"`python -m jacosr.data.prepare {name} --data-dir {tmp_path}`"
+    install = " (it needs TensorFlow: pip install 'jacosr[data]')" if not tensorflow else ""
+    assert str(err.value) == (
+        f"the TFDS data set {name!r} is not prepared: {tmp_path / 'tfds' / name} does not exist; "
+        f"run {command}{install}"
+    )
+    assert caplog.records == []  # not TFDS's warning about a "variant folder" it never had
     assert not (tmp_path / "cache").exists()  # nothing half-written
 
 
+def test_tfds_folder_that_tfds_cannot_read_is_to_be_deleted(tmp_path, monkeypatch):
+    monkeypatch.setattr(tfds_sources, "has_tensorflow", lambda: True)
+    (tmp_path / "tfds" / "cifar10" / "3.0.2").mkdir(parents=True)  # a build that stopped
+    with pytest.raises(DataNotPreparedError) as err:
+        load_source("cifar10", tmp_path)
+    folder = tmp_path / "tfds" / "cifar10"
+    assert str(err.value) == (
+        f"the TFDS data set 'cifar10' in {folder} cannot be read: it holds no finished "
+        f"array_record build (it was built as TFRecord, or its build stopped); delete {folder}, "
+        f"then run `python -m jacosr.data.prepare cifar10 --data-dir {tmp_path}`"
+    )
+
+
 def test_not_prepared_through_the_open_set_config(tmp_path):
-    with pytest.raises(DataNotPreparedError, match=r"python -m jacosr\.data\.prepare cifar10"):
+    with pytest.raises(
+        DataNotPreparedError,
+        match=rf"python -m jacosr\.data\.prepare cifar10 --data-dir {re.escape(str(tmp_path))}`",
+    ):
         load_open_set(protocol_a_config("cifar10", 0, data_dir=tmp_path))
 
 
 def test_prepare_without_tensorflow_says_how_to_install_it(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(tfds_sources, "has_tensorflow", lambda: False)
-    with pytest.raises(RuntimeError, match=r"needs TensorFlow.*pip install 'jacosr\[data\]'"):
+    with pytest.raises(ImportError, match=r"needs TensorFlow.*pip install 'jacosr\[data\]'"):
         prepare("svhn_cropped", tmp_path)
-    with pytest.raises(SystemExit, match=r"error: building the TFDS data set 'cifar100' needs"):
-        main(PrepareArgs(names=("cifar100",), data_dir=tmp_path))
+    with pytest.raises(SystemExit) as exit_:
+        run_command(main, ["cifar100", "--data-dir", str(tmp_path)])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err == (
+        "error: building the TFDS data set 'cifar100' needs TensorFlow, which is not installed; "
+        "install it with: pip install 'jacosr[data]'\n"
+    )
 
 
 def test_build_tfds_asks_tfds_for_array_record(tmp_path, monkeypatch):
@@ -304,10 +342,13 @@ def test_tinyimagenet_resized_to_32(tmp_path):
 def test_tinyimagenet_missing_says_where_and_how(tmp_path):
     with pytest.raises(DataNotPreparedError) as err:
         load_source("tinyimagenet", tmp_path)
-    msg = str(err.value)
-    assert str(tmp_path / "tiny-imagenet-200") in msg
-    assert "tiny-imagenet-200.zip" in msg
-    assert "`python -m jacosr.data.prepare tinyimagenet`" in msg
+    root = tmp_path / "tiny-imagenet-200"
+    assert str(err.value) == (
+        f"TinyImageNet is not prepared: {root} does not exist. Unzip "
+        f"http://cs231n.stanford.edu/tiny-imagenet-200.zip into {tmp_path} (giving "
+        f"{root}/wnids.txt, train/, val/), then run "
+        f"`python -m jacosr.data.prepare tinyimagenet --data-dir {tmp_path}`"
+    )
 
 
 def test_tinyimagenet_bad_annotation_line(tmp_path):
@@ -321,7 +362,10 @@ def test_tinyimagenet_bad_annotation_line(tmp_path):
 def test_tinyimagenet_missing_val_image(tmp_path):
     write_tinyimagenet(tmp_path)
     (tmp_path / "tiny-imagenet-200/val/images/val_3.JPEG").unlink()
-    with pytest.raises(DataNotPreparedError, match=r"val_3\.JPEG \(listed in val_annotations"):
+    with pytest.raises(
+        DataNotPreparedError,
+        match=r"^TinyImageNet is incomplete: .*val_3\.JPEG \(listed in val_annotations",
+    ):
         load_source("tinyimagenet", tmp_path)
 
 
@@ -354,11 +398,19 @@ def test_ood_folders(tmp_path, name, folder):
     np.testing.assert_array_equal(src.test_y, np.zeros(len(images)))
 
 
-def test_ood_folder_missing(tmp_path):
+@pytest.mark.parametrize("empty_folder", [False, True])
+def test_ood_folder_missing(tmp_path, empty_folder):
+    root = tmp_path / "LSUN_resize"
+    if empty_folder:
+        (root / "test").mkdir(parents=True)
     with pytest.raises(DataNotPreparedError) as err:
         load_source("lsun_resize", tmp_path)
-    assert "LSUN_resize.tar.gz" in str(err.value)
-    assert "`python -m jacosr.data.prepare lsun_resize`" in str(err.value)
+    cause = f"{root} holds no images" if empty_folder else f"{root} does not exist"
+    assert str(err.value) == (
+        f"lsun_resize is not prepared: {cause}. Unpack the ODIN authors' LSUN_resize.tar.gz "
+        f"(linked from github.com/facebookresearch/odin) into {tmp_path}, then run "
+        f"`python -m jacosr.data.prepare lsun_resize --data-dir {tmp_path}`"
+    )
 
 
 def test_decode_image_centre_crops_then_resizes(tmp_path):
@@ -474,7 +526,9 @@ def test_damaged_cache_is_rebuilt_with_a_warning(tmp_path, damage):
     path = cache_path(tmp_path, "lsun_crop")
     load_source("lsun_crop", tmp_path)
     damage(path)
-    with pytest.warns(UserWarning, match=re.escape(f"ignoring the unreadable cache {path}")):
+    with pytest.warns(
+        UserWarning, match=re.escape(f"rebuilt the unreadable cache {path} from the raw data")
+    ):
         src = load_source("lsun_crop", tmp_path)
     np.testing.assert_array_equal(src.test_x, images)
     with warnings.catch_warnings():
@@ -483,11 +537,19 @@ def test_damaged_cache_is_rebuilt_with_a_warning(tmp_path, damage):
 
 
 def test_damaged_cache_without_raw_data_is_not_prepared(tmp_path):
+    """One error with both causes, and no warning promising a rebuild that cannot happen."""
     path = cache_path(tmp_path, "lsun_crop")
     path.parent.mkdir(parents=True)
     _garbage(path)
-    with pytest.warns(UserWarning), pytest.raises(DataNotPreparedError, match="prepare lsun_crop"):
-        load_source("lsun_crop", tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(DataNotPreparedError) as err:
+            load_source("lsun_crop", tmp_path)
+    assert str(err.value).startswith(f"lsun_crop is not prepared: {tmp_path / 'LSUN'} does not")
+    assert str(err.value).endswith(
+        f"`python -m jacosr.data.prepare lsun_crop --data-dir {tmp_path}` (its cache {path} is "
+        "unreadable too)"
+    )
 
 
 def test_interrupted_cache_write_leaves_no_cache(tmp_path, monkeypatch):
@@ -508,26 +570,14 @@ def test_interrupted_cache_write_leaves_no_cache(tmp_path, monkeypatch):
 # --- the prepare command ------------------------------------------------------------------
 
 
-def test_prepare_help_lists_the_data_sets():
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out), pytest.raises(SystemExit) as exit_:
-        tyro.cli(PrepareArgs, args=["--help"])
-    assert exit_.value.code == 0
-    text = out.getvalue()
-    for name in ("cifar10", "svhn_cropped", "imagenet_resized/32x32", "tinyimagenet", "lsun_crop"):
-        assert name in text
-    assert "--data-dir" in text and "--force" in text
-
-
 def test_prepare_command_line(tmp_path, capsys):
-    args = tyro.cli(PrepareArgs, args=["lsun_crop", "imagenet_crop", "--data-dir", str(tmp_path)])
-    assert args == PrepareArgs(names=("lsun_crop", "imagenet_crop"), data_dir=tmp_path)
     write_ood_folder(tmp_path, "LSUN")
     write_ood_folder(tmp_path, "Imagenet", n=2)
-    main(args)
+    paths = main(["lsun_crop", "imagenet_crop", "--data-dir", str(tmp_path)])
+    assert paths == [cache_path(tmp_path, "lsun_crop"), cache_path(tmp_path, "imagenet_crop")]
     out = capsys.readouterr().out
     assert f"lsun_crop: ready, cached in {cache_path(tmp_path, 'lsun_crop')}" in out
-    assert cache_path(tmp_path, "imagenet_crop").is_file()
+    assert all(path.is_file() for path in paths)
 
 
 def test_prepare_force_rebuilds(tmp_path):
@@ -539,13 +589,22 @@ def test_prepare_force_rebuilds(tmp_path):
     assert load_source("lsun_crop", tmp_path).test_x.shape[0] == 7
 
 
-def test_prepare_refuses_what_needs_no_preparation(tmp_path):
+def test_prepare_refuses_what_needs_no_preparation(tmp_path, capsys):
     with pytest.raises(ValueError, match="nothing to prepare for 'digits'"):
         prepare("digits", tmp_path)
-    with pytest.raises(SystemExit, match="cannot prepare 'toy2d'"):
-        main(PrepareArgs(names=("toy2d",), data_dir=tmp_path))
+    with pytest.raises(SystemExit) as exit_:
+        main(["toy2d", "--data-dir", str(tmp_path)])
+    assert exit_.value.code == 2
+    assert "invalid choice 'toy2d'" in capsys.readouterr().err
+    with pytest.raises(ValueError, match=r"^name at least one data set to prepare, out of: mnist"):
+        main(["--data-dir", str(tmp_path)])
 
 
-def test_missing_folder_through_main_is_a_clean_error(tmp_path):
-    with pytest.raises(SystemExit, match=r"error: no images found under .*LSUN"):
-        main(PrepareArgs(names=("lsun_crop",), data_dir=tmp_path))
+def test_missing_folder_through_the_command_is_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        run_command(main, ["lsun_crop", "--data-dir", str(tmp_path)])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: lsun_crop is not prepared: {tmp_path / 'LSUN'} does not exist")
+    assert err.endswith(f"`python -m jacosr.data.prepare lsun_crop --data-dir {tmp_path}`\n")
+    assert err.count("\n") == 1

@@ -2,8 +2,6 @@
 shared grid loop (resume, summary)."""
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -118,14 +116,3 @@ def test_summary_and_markdown():
         "| a | ✓ | 1.0000 ± 1.0000 |",
         "| b |  | 4.0000 ± 1.0000 |",
     ]
-
-
-@pytest.mark.parametrize("module", ["losses_table", "ablation"])
-def test_help(module):
-    out = subprocess.run(
-        [sys.executable, "-m", f"jacosr.experiments.{module}", "--help"],
-        capture_output=True,
-        text=True,
-    )
-    assert out.returncode == 0
-    assert "--seeds" in out.stdout and "--workdir" in out.stdout and "--steps" in out.stdout

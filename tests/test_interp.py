@@ -1,12 +1,16 @@
-"""The interpolation experiment end to end on a tiny configuration, and its paper claims."""
+"""The interpolation experiment end to end on a tiny configuration (every estimator), its paper
+claims, and its refusals of bad settings before anything is trained."""
 
 import json
+import re
 
 import numpy as np
 import pytest
 
 from jacosr.data import DataConfig, load_open_set
+from jacosr.experiments import interp
 from jacosr.experiments.interp import InterpConfig, main, sample_path_ends
+from jacosr.jacobian import ESTIMATORS
 from jacosr.models import ModelConfig
 from jacosr.train import TrainConfig
 
@@ -66,8 +70,55 @@ def test_interp_end_to_end_shows_the_papers_claim(tmp_path, capsys):
     assert main(args)["after_training"] == after
 
 
-def test_bad_estimator_name_is_a_clear_error(tmp_path):
-    from jacosr.experiments.interp import run
+# The smallest run that still trains and analyses: 20 steps of a 16-wide MLP, 8-d embedding.
+TINY_ARGS = ["--steps", "20", "--log-every", "20", "--checkpoint-every", "20", "--width", "16"]
+TINY_ARGS += ["--embed-dim", "8", "--num-paths", "2", "--num-points", "3", "--num-resamples", "50"]
 
-    with pytest.raises(ValueError, match=r"unknown estimator 'magic'; valid choices are: exact"):
-        run(InterpConfig(train=TINY_TRAIN, estimator="magic"), tmp_path)
+
+@pytest.mark.slow
+@pytest.mark.parametrize("estimator", sorted(ESTIMATORS))  # exact: the paper's-claim test
+def test_every_estimator_runs_end_to_end_with_its_default_probes(tmp_path, estimator):
+    args = [*TINY_ARGS, "--estimator", estimator, "--num-probes", "4", "--workdir", str(tmp_path)]
+    results = main(args)
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["estimator"] == results["estimator"] == estimator
+    for stage in ("before_training", "after_training"):
+        r = saved[stage]
+        numbers = [r["mean_norm_known"], r["mean_norm_unknown"], r["mean_path_length"]]
+        assert np.all(np.isfinite(numbers)) and len(r["path_profile"]["mean"]) == 3
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        (dict(estimator="magic"), "--estimator must be one of exact, hutchinson, xnystrace"),
+        (
+            dict(estimator="xnystrace", probes="rademacher"),
+            "--probes must be one of gaussian, sphere with --estimator xnystrace (unset: gaussian)",
+        ),
+        (dict(estimator="hutchinson", probes="uniform"), "--probes must be one of rademacher"),
+        (dict(estimator="xnystrace", num_probes=1), "--num-probes must be >= 2"),
+        (dict(num_points=1), "--num-points must be >= 2"),
+    ],
+)
+def test_bad_settings_are_refused_before_anything_runs(tmp_path, capsys, settings, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        InterpConfig(train=TINY_TRAIN, **settings)
+    workdir = tmp_path / "run"
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in settings.items()]
+    with pytest.raises(SystemExit) as exit_:
+        main([*flags, "--workdir", str(workdir)])
+    assert exit_.value.code == 2
+    boxed = capsys.readouterr().err  # tyro's parse-error box, wrapped at the terminal width
+    assert message in " ".join(boxed.replace("│", " ").split())
+    assert not workdir.exists()
+
+
+def test_too_many_probes_for_the_embedding_are_refused_before_training(tmp_path, monkeypatch):
+    def fit(*args, **kwargs):
+        raise AssertionError("training started")
+
+    monkeypatch.setattr(interp, "fit", fit)
+    config = InterpConfig(train=TINY_TRAIN, estimator="xnystrace", num_probes=33)  # d_z = 32
+    with pytest.raises(ValueError, match=r"xnystrace needs num_probes <= 32 \(the output dim"):
+        interp.run(config, tmp_path)

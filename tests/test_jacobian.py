@@ -1,7 +1,10 @@
 """jacosr.jacobian against dense references: jacfwd, finite differences, closed forms, and the
-known variances of the stochastic estimators."""
+known variances of the stochastic estimators; the host loop's threads and the order of the
+XNysTrace kernel's LAPACK calls, checked without timing anything."""
 
 import re
+import threading
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -18,12 +21,12 @@ def normal(seed: int, shape, dtype=np.float32):
     return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), dtype)
 
 
-def mlp(seed: int, in_shape=(3, 4), hidden=6, d_z=5):
+def mlp(seed: int, in_shape=(3, 4), hidden=6, d_z=5, dtype=np.float32, act=jnp.tanh):
     d = int(np.prod(in_shape))
-    w1 = normal(seed, (hidden, d)) / np.sqrt(d)
-    b1 = 0.1 * normal(seed + 1000, (hidden,))
-    w2 = normal(seed + 2000, (d_z, hidden)) / np.sqrt(hidden)
-    return lambda x: w2 @ jnp.tanh(w1 @ x.reshape(-1) + b1)
+    w1 = normal(seed, (hidden, d), dtype) / np.sqrt(d)
+    b1 = 0.1 * normal(seed + 1000, (hidden,), dtype)
+    w2 = normal(seed + 2000, (d_z, hidden), dtype) / np.sqrt(hidden)
+    return lambda x: w2 @ act(w1 @ x.reshape(-1) + b1)
 
 
 def cnn(seed: int):
@@ -96,7 +99,7 @@ def test_linear_map_norm_is_frobenius_norm_of_matrix(mode):
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_exact_norms_agree_with_central_differences(x64, seed):
-    f = mlp(seed)
+    f = mlp(seed, dtype=np.float64)
     xs = batch((3, 4), n=3, seed=seed, dtype=jnp.float64)
     h = 1e-5
 
@@ -107,7 +110,13 @@ def test_exact_norms_agree_with_central_differences(x64, seed):
         return jnp.sum(jnp.stack(cols) ** 2)
 
     want = jnp.sqrt(jax.jit(jax.vmap(fd_sqnorm))(xs))
-    np.testing.assert_allclose(jj.jacobian_norms(f, xs), want, rtol=1e-7)
+    # One sample per chunk: the chunks run in the CPU worker threads, which must keep the
+    # caller's float64 (jax's x64 setting is thread-local); a float32 step anywhere would warn.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = jj.jacobian_norms(f, xs, chunk_size=1)
+    assert want.dtype == got.dtype == jnp.float64
+    np.testing.assert_allclose(got, want, rtol=1e-7)
 
 
 def test_forward_equals_reverse():
@@ -133,34 +142,72 @@ def test_plan_splits_the_basis_only_when_one_sample_does_not_fit(monkeypatch):
     assert jj._plan_blocks(bytes_of, 128, 10**9) == 128
     size = jj._plan_blocks(bytes_of, 128, 4000)
     assert bytes_of(size) <= 4000 and size >= 16
-    monkeypatch.setattr(jj, "_workers", lambda: 1)
-    assert jj._plan_chunk(lambda c: 500 * c, 1000, 10_000) == 20
-    assert jj._plan_chunk(lambda c: 500 * c, 7, 10_000) == 7
-    assert jj._plan_chunk(lambda c: 500 * c, 7, 10) == 1
+    assert jj._plan_chunk(lambda c: 500 * c, 1000, 10_000, 1) == 20
+    assert jj._plan_chunk(lambda c: 500 * c, 7, 10_000, 1) == 7
+    assert jj._plan_chunk(lambda c: 500 * c, 7, 10, 1) == 1
     # Two workers in flight: a small batch is split between them.
-    monkeypatch.setattr(jj, "_workers", lambda: 2)
-    assert jj._plan_chunk(lambda c: 500 * c, 7, 10_000) == 4
-    assert jj._plan_chunk(lambda c: 500 * c, 1000, 10_000) == 20
+    assert jj._plan_chunk(lambda c: 500 * c, 7, 10_000, 2) == 4
+    assert jj._plan_chunk(lambda c: 500 * c, 1000, 10_000, 2) == 20
 
 
-def test_chunks_run_concurrently_and_come_back_in_order(monkeypatch):
-    import threading
+class RecordingPool:
+    """Stands in for ThreadPoolExecutor: a submitted chunk runs when its result is asked for,
+    so the log shows, deterministically, how many chunks the host loop keeps in flight."""
 
-    monkeypatch.setattr(jj, "_workers", lambda: 3)
-    # The first three chunks must all be in flight at once, or the barrier breaks.
-    barrier, calls, lock = threading.Barrier(3, timeout=30), [], threading.Lock()
+    log: list
+
+    def __init__(self, workers):
+        self.log.append(("pool", workers))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def submit(self, fn, parts):
+        i = sum(event[0] == "submit" for event in self.log)
+        self.log.append(("submit", i))
+        pool = self
+
+        class Future:
+            def result(self):
+                pool.log.append(("run", i))
+                return fn(parts)
+
+        return Future()
+
+
+@pytest.fixture
+def pool_log(monkeypatch):
+    log = []
+    monkeypatch.setattr(RecordingPool, "log", log, raising=False)
+    monkeypatch.setattr(jj, "ThreadPoolExecutor", RecordingPool)
+    return log
+
+
+def test_host_loop_keeps_as_many_chunks_in_flight_as_workers_and_returns_them_in_order(pool_log):
+    double = jax.jit(lambda x: 2.0 * x).lower(jnp.zeros(3)).compile()
+    out = jj._map_chunks(double, (jnp.arange(10.0),), 3, 2)  # 4 chunks, the last one padded
+    np.testing.assert_array_equal(out, 2.0 * np.arange(10.0))
+    # Two in flight: chunk 2 is dispatched only once chunk 0 is collected, and so on.
+    order = ["s0", "s1", "r0", "s2", "r1", "s3", "r2", "r3"]
+    want = [("submit" if e[0] == "s" else "run", int(e[1])) for e in order]
+    assert pool_log == [("pool", 2), *want]
+
+
+def test_chunks_run_in_worker_threads_in_order(x64):
+    ran_in = []
 
     def run(x):
-        with lock:
-            calls.append(1)
-            first_three = len(calls) <= 3
-        if first_three:
-            barrier.wait()
-        return x * 2.0
+        ran_in.append(threading.get_ident())
+        return double(x)
 
-    out = jj._map_chunks(run, (jnp.arange(10.0),), 3)  # 4 chunks, the last one padded
-    np.testing.assert_array_equal(out, 2.0 * np.arange(10.0))
-    assert len(calls) == 4
+    double = jax.jit(lambda x: 2 * x).lower(jnp.zeros(2, jnp.float64)).compile()
+    out = jj._map_chunks(run, (jnp.arange(5.0, dtype=jnp.float64),), 2, 2)
+    assert out.dtype == jnp.float64
+    np.testing.assert_array_equal(out, 2.0 * np.arange(5.0))
+    assert len(ran_in) == 3 and threading.get_ident() not in ran_in
 
 
 def test_kernel_works_inside_user_jit_with_traced_parameters():
@@ -196,6 +243,134 @@ def test_second_call_with_same_shapes_does_not_trace_again():
         before = len(traces)
         jax.block_until_ready(call())
         assert len(traces) == before
+
+
+# Non-finite inputs and embeddings: NaN, never a number
+
+
+def relu_net(seed: int):
+    """A ReLU MLP on [3, 4] inputs, with an infinite embedding but a finite Jacobian where
+    x[0, 0] == 0. Each bad sample below has a finite, wrong Jacobian here: ReLU's slope is 0 at
+    NaN and 1 at inf, so a NaN input has a zero Jacobian -- the trap the kernels must avoid."""
+    g = mlp(seed, d_z=5, act=jax.nn.relu)
+    return lambda x: g(x) + jnp.where(x[0, 0] == 0, jnp.inf, 0.0)
+
+
+def non_finite_batch():
+    """[good, NaN in one pixel, inf in one pixel, good but with an infinite embedding, good]."""
+    xs = np.array(batch((3, 4), n=5, seed=3))
+    xs[1, 2, 1], xs[2, 0, 3], xs[3, 0, 0] = np.nan, np.inf, 0.0
+    return jnp.asarray(xs)
+
+
+BAD = np.array([False, True, True, True, False])
+
+
+@pytest.mark.parametrize("mode", ["reverse", "forward"])
+def test_non_finite_input_or_embedding_has_nan_exact_norm(mode):
+    f, xs = relu_net(0), non_finite_batch()
+    got = jj.jacobian_norms(f, xs, mode=mode, chunk_size=2)
+    assert np.all(np.isnan(got[BAD])) and np.all(np.isfinite(got[~BAD]))
+    np.testing.assert_allclose(got[~BAD], jnp.sqrt(dense_sqnorms(f, xs[~BAD])), rtol=1e-5)
+    assert np.array_equal(np.isnan(exact_sqnorms(f, xs, mode=mode)), BAD)
+
+
+@pytest.mark.parametrize(
+    ("estimator", "side"),
+    [("hutchinson", "output"), ("hutchinson", "input"), ("xnystrace", "output")],
+)
+def test_non_finite_input_or_embedding_has_nan_estimate_and_stderr(estimator, side):
+    f, xs = relu_net(1), non_finite_batch()
+    est, se = jj.estimate_sqnorms(
+        f, xs, key(0), estimator=estimator, side=side, num_probes=3, chunk_size=5
+    )
+    for a in (est, se):
+        assert np.array_equal(np.isnan(a), BAD)
+
+
+def test_non_finite_points_have_nan_path_norms_and_lengths():
+    f, ends = relu_net(2), non_finite_batch()
+    x0s, x1s = ends[:4], jnp.roll(ends, 1, axis=0)[:4]  # path 0 joins two good samples
+    norms = jj.path_norms(f, x0s, x1s, jnp.array([0.0, 0.5, 1.0]))
+    assert np.all(np.isfinite(norms[0])) and np.all(np.isnan(norms[1:]))
+    lengths = jj.path_length(f, x0s, x1s, num_points=3)
+    assert np.array_equal(np.isnan(lengths), [False, True, True, True])
+
+
+# The XNysTrace kernel and the thread pool (see jj.CPU_WORKERS)
+
+
+def lapack_chain(compiled) -> list[tuple[str, list[str]]]:
+    """The compiled program's LAPACK calls, each with the earlier ones it depends on (through
+    any chain of operands of the entry computation)."""
+    text = compiled.as_text()
+    entry = text[text.index("\nENTRY ") + 1 :]
+    operands, calls = {}, []
+    for line in entry[: entry.index("\n}")].splitlines()[1:]:
+        name, rest = re.match(r"\s*(?:ROOT )?%(\S+) = (.*)$", line).groups()
+        rest = re.sub(r"\b(calls|to_apply|condition|body)=%\S+", "", rest)
+        operands[name] = set(re.findall(r"%([\w.-]+)", rest))
+        if 'custom_call_target="lapack_' in line:
+            calls.append(name)
+
+    def ancestors(name, seen):
+        for op in operands.get(name, ()):
+            if op not in seen:
+                seen.add(op)
+                ancestors(op, seen)
+        return seen
+
+    return [(c, [a for a in calls if a in ancestors(c, set())]) for c in calls]
+
+
+@pytest.mark.parametrize("side", jj.SIDES)
+def test_xnystrace_lapack_calls_run_one_after_another(side):
+    # Two batched LAPACK calls at once deadlock jaxlib 0.10's CPU thread pool; the kernel's
+    # calls (eigh, QR, triangular solve) must form one chain whatever XLA's scheduler does.
+    spec = jax.ShapeDtypeStruct((4, 3, 4), jnp.float32)
+    keys = jax.eval_shape(lambda: jax.random.split(key(0), 4))
+    compiled = jj._estimate_chunk_jit.lower(
+        mlp(0), spec, keys, estimator="xnystrace", num_probes=4, side=side, probes="gaussian"
+    ).compile()
+    chain = lapack_chain(compiled)
+    assert len(chain) == 3
+    assert [deps for _, deps in chain] == [[c for c, _ in chain[:i]] for i in range(3)]
+
+
+def fft_net(x):
+    return jnp.abs(jnp.fft.fft(x.reshape(-1)))[:5]
+
+
+def eigh_net(x):
+    m = x.reshape(3, 4)
+    return jnp.linalg.eigh(m @ m.T + jnp.eye(3))[0]
+
+
+PARKING_CALLS = {
+    "xnystrace": lambda xs: jj.estimate_sqnorms(mlp(0), xs, key(0), estimator="xnystrace")[0],
+    "eigh in f": lambda xs: jj.jacobian_norms(eigh_net, xs),
+    "fft in f": lambda xs: jj.jacobian_norms(fft_net, xs),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PARKING_CALLS))
+def test_programs_that_park_pool_threads_run_one_chunk_at_a_time(pool_log, name):
+    xs = batch((3, 4), n=6)
+    assert jnp.all(jnp.isfinite(PARKING_CALLS[name](xs)))
+    assert pool_log == []  # no worker threads
+    jj.jacobian_norms(mlp(0), xs)  # a plain net: two chunks at a time
+    assert pool_log[0] == ("pool", jj.CPU_WORKERS)
+
+
+def test_xnystrace_at_sizes_that_used_to_hang_finishes():
+    # 2 x 256 samples at k = 16 hung for good within two runs when both chunks ran at once
+    # (both pool threads parked in lapack_ssyevd_ffi); now each chunk runs alone.
+    f, xs = mlp(0, hidden=8, d_z=32), batch((3, 4), n=512)
+    for i in range(3):
+        est, _ = jj.estimate_sqnorms(
+            f, xs, key(i), estimator="xnystrace", num_probes=16, chunk_size=256
+        )
+        assert jnp.all(jnp.isfinite(est))
 
 
 # Stochastic estimates
@@ -384,24 +559,33 @@ def test_bad_batches_are_refused():
         (dict(estimator="hutch"), "unknown estimator 'hutch'; valid: hutchinson, xnystrace"),
         (dict(probes="uniform"), "unknown probe distribution 'uniform'; valid: gaussian, "),
         (dict(side="left"), "unknown side 'left'; valid: input, output"),
-        (dict(num_probes=0), "num_probes must be at least 1; got 0"),
+        (dict(num_probes=0), "hutchinson needs num_probes >= 1; got 0"),
         (
             dict(estimator="xnystrace", probes="rademacher"),
             "xnystrace needs rotation-invariant probes; got 'rademacher'; valid: gaussian, sphere",
         ),
         (
-            dict(estimator="xnystrace", probes="gaussian", num_probes=6),
-            r"xnystrace needs 2 <= num_probes <= 5 \(the output dimension\); got 6",
+            dict(estimator="xnystrace", num_probes=6),
+            r"xnystrace needs num_probes <= 5 \(the output dimension\); got 6",
         ),
-        (
-            dict(estimator="xnystrace", probes="gaussian", num_probes=1),
-            r"xnystrace needs 2 <= num_probes <= 5",
-        ),
+        (dict(estimator="xnystrace", num_probes=1), "xnystrace needs num_probes >= 2; got 1"),
     ],
 )
 def test_bad_estimator_arguments_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
+        jj.check_estimator(mlp(0), batch((3, 4))[0], **kwargs)
+    with pytest.raises(ValueError, match=message):
         jj.estimate_sqnorms(mlp(0), batch((3, 4)), key(0), **kwargs)
+
+
+@pytest.mark.parametrize("estimator", sorted(jj.ESTIMATORS))
+def test_each_estimator_has_valid_default_probes(estimator):
+    f, xs = mlp(0), batch((3, 4), n=2)
+    default = jj.check_estimator(f, xs[0], estimator=estimator)
+    assert default == jj.ESTIMATOR_PROBES[estimator][0]
+    kw = dict(estimator=estimator, chunk_size=2)
+    est, _ = jj.estimate_sqnorms(f, xs, key(0), **kw)
+    np.testing.assert_array_equal(est, jj.estimate_sqnorms(f, xs, key(0), probes=default, **kw)[0])
 
 
 def test_kernel_needs_one_key_per_sample():

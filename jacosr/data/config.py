@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from jacosr.config import require
 from jacosr.data.labelled import DEFAULT_DATA_DIR
+from jacosr.data.sources import SOURCES
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,13 @@ class DataConfig:
       image_size: resize every image to this side length (bilinear, as torchvision's
         ``Resize``); default: the known source's native size, to which the unknown source is
         then resized.
+
+    Refused when built (``ValueError`` naming the flag), so before any data is read: an unknown
+    data set or benchmark, fewer than two known classes, duplicated or negative class indices,
+    an empty unknown list, a val_fraction outside (0, 1) (known-val sets the macro-F1
+    threshold, so it cannot be empty), a protocol_split outside 0..4, an image_size below 1, a
+    negative split_seed. Class indices beyond the source's classes are refused when it is
+    loaded.
     """
 
     dataset: str = "digits"
@@ -45,3 +54,57 @@ class DataConfig:
     benchmark: str | None = None
     protocol_split: int = 0
     image_size: int | None = None
+
+    def __post_init__(self):
+        # splits.py builds DataConfigs, so its registry is imported here, not at the top.
+        from jacosr.data.splits import BENCHMARKS, NUM_SPLITS
+
+        sources = ", ".join(sorted(SOURCES))
+        require(self.dataset in SOURCES, "--dataset", f"one of {sources}", self.dataset)
+        require(
+            self.unknown_dataset is None or self.unknown_dataset in SOURCES,
+            "--unknown-dataset",
+            f"unset or one of {sources}",
+            self.unknown_dataset,
+        )
+        require(
+            len(self.known) >= 2 and _distinct_indices(self.known),
+            "--known",
+            "at least 2 distinct class indices >= 0 (open-set recognition needs two known classes)",
+            self.known,
+        )
+        require(
+            self.unknown is None or (len(self.unknown) >= 1 and _distinct_indices(self.unknown)),
+            "--unknown",
+            "unset (every class that is not known) or distinct class indices >= 0",
+            self.unknown,
+        )
+        require(self.split_seed >= 0, "--split-seed", ">= 0", self.split_seed)
+        require(
+            0 < self.val_fraction < 1,
+            "--val-fraction",
+            "a fraction in (0, 1) (known-val sets the macro-F1 threshold, so it cannot be empty)",
+            self.val_fraction,
+        )
+        require(
+            self.benchmark is None or self.benchmark in BENCHMARKS,
+            "--benchmark",
+            f"unset or one of {', '.join(BENCHMARKS)}",
+            self.benchmark,
+        )
+        require(
+            isinstance(self.protocol_split, int) and 0 <= self.protocol_split < NUM_SPLITS,
+            "--protocol-split",
+            f"one of the standard splits 0..{NUM_SPLITS - 1}",
+            self.protocol_split,
+        )
+        require(
+            self.image_size is None or self.image_size >= 1,
+            "--image-size",
+            "unset (the native size) or >= 1",
+            self.image_size,
+        )
+
+
+def _distinct_indices(classes: tuple[int, ...]) -> bool:
+    return len(set(classes)) == len(classes) and all(c >= 0 for c in classes)

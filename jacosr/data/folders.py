@@ -91,10 +91,15 @@ def _image_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def _missing_tinyimagenet(root: Path, what: str) -> DataNotPreparedError:
+def _missing_tinyimagenet(root: Path, what: str, data_dir: Path | None) -> DataNotPreparedError:
+    cause = (
+        f"TinyImageNet is incomplete: {what}"
+        if root.is_dir()
+        else f"TinyImageNet is not prepared: {root} does not exist"
+    )
     return DataNotPreparedError(
-        f"TinyImageNet is incomplete: {what}. Unzip {TINYIMAGENET_URL} into {root.parent} "
-        f"(giving {root}/wnids.txt, train/, val/), then run `{prepare_command('tinyimagenet')}`"
+        f"{cause}. Unzip {TINYIMAGENET_URL} into {root.parent} (giving {root}/wnids.txt, "
+        f"train/, val/), then run `{prepare_command('tinyimagenet', data_dir)}`"
     )
 
 
@@ -103,7 +108,7 @@ def read_tinyimagenet(data_dir: Path | None) -> LabelledSource:
     root = Path(data_dir or DEFAULT_DATA_DIR) / TINYIMAGENET_DIR
     wnids_file = root / "wnids.txt"
     if not wnids_file.is_file():
-        raise _missing_tinyimagenet(root, f"{wnids_file} not found")
+        raise _missing_tinyimagenet(root, f"{wnids_file} not found", data_dir)
     wnids = sorted(line.strip() for line in wnids_file.read_text().splitlines() if line.strip())
     if len(set(wnids)) != len(wnids):
         raise ValueError(f"{wnids_file} lists a wnid more than once")
@@ -114,13 +119,13 @@ def read_tinyimagenet(data_dir: Path | None) -> LabelledSource:
         folder = root / "train" / wnid / "images"
         files = _image_files(folder) if folder.is_dir() else []
         if not files:
-            raise _missing_tinyimagenet(root, f"no training images in {folder}")
+            raise _missing_tinyimagenet(root, f"no training images in {folder}", data_dir)
         train_paths += files
         train_y += [index[wnid]] * len(files)
 
     annotations = root / "val" / "val_annotations.txt"
     if not annotations.is_file():
-        raise _missing_tinyimagenet(root, f"{annotations} not found")
+        raise _missing_tinyimagenet(root, f"{annotations} not found", data_dir)
     test_paths, test_y = [], []
     for lineno, line in enumerate(annotations.read_text().splitlines(), start=1):
         if not line.strip():
@@ -133,11 +138,13 @@ def read_tinyimagenet(data_dir: Path | None) -> LabelledSource:
             )
         path = root / "val" / "images" / fields[0]
         if not path.is_file():
-            raise _missing_tinyimagenet(root, f"{path} (listed in {annotations.name}) not found")
+            raise _missing_tinyimagenet(
+                root, f"{path} (listed in {annotations.name}) not found", data_dir
+            )
         test_paths.append(path)
         test_y.append(index[fields[1]])
     if not test_paths:
-        raise _missing_tinyimagenet(root, f"{annotations} lists no images")
+        raise _missing_tinyimagenet(root, f"{annotations} lists no images", data_dir)
 
     return LabelledSource(
         "tinyimagenet",
@@ -160,10 +167,11 @@ def read_ood_folder(name: str, data_dir: Path | None) -> LabelledSource:
         else []
     )
     if not paths:
+        cause = f"{root} holds no images" if root.is_dir() else f"{root} does not exist"
         raise DataNotPreparedError(
-            f"no images found under {root}: unpack the ODIN authors' {OOD_FOLDERS[name]}.tar.gz "
-            f"(linked from github.com/facebookresearch/odin) into {root.parent}, then run "
-            f"`{prepare_command(name)}`"
+            f"{name} is not prepared: {cause}. Unpack the ODIN authors' "
+            f"{OOD_FOLDERS[name]}.tar.gz (linked from github.com/facebookresearch/odin) into "
+            f"{root.parent}, then run `{prepare_command(name, data_dir)}`"
         )
     test_x = decode_images(paths, OOD_SIZE, f"decoding {name}")
     return LabelledSource(

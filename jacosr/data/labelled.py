@@ -3,13 +3,13 @@
 A prepared image source is cached as one uncompressed ``.npz`` of uint8 arrays in
 ``<data_dir>/cache/<name>.npz`` (a ``/`` in the name becomes ``-``). The cache is written to a
 temporary file and renamed into place, so an interrupted write never leaves a partial cache under
-the real name; an unreadable or inconsistent cache is reported with a warning, ignored and rebuilt
-from the raw data.
+the real name; an unreadable or inconsistent cache is rebuilt from the raw data, with a warning.
 """
 
 from __future__ import annotations
 
 import os
+import shlex
 import warnings
 import zipfile
 from collections.abc import Callable
@@ -46,13 +46,19 @@ class LabelledSource:
 
 
 class DataNotPreparedError(FileNotFoundError):
-    """A data set is not on disk yet; the message says how to get it and which command prepares
-    it."""
+    """A data set is not on disk yet; the message says why, how to get it and the exact command
+    that prepares it (:func:`prepare_command`)."""
 
 
-def prepare_command(name: str) -> str:
-    """The shell command that prepares the source ``name``."""
-    return f"python -m jacosr.data.prepare {name}"
+def prepare_command(name: str, data_dir: Path | None = None) -> str:
+    """The shell command that prepares the source ``name`` in ``data_dir``.
+
+    It names ``--data-dir`` unless ``data_dir`` is the default, so that following it prepares
+    the folder the failing command reads."""
+    command = f"python -m jacosr.data.prepare {shlex.quote(name)}"
+    if data_dir is not None and Path(data_dir).expanduser().absolute() != DEFAULT_DATA_DIR:
+        command += f" --data-dir {shlex.quote(str(data_dir))}"
+    return command
 
 
 def cache_path(data_dir: Path | None, name: str) -> Path:
@@ -88,37 +94,51 @@ def _check_cache(arrays: dict[str, np.ndarray], num_classes: int) -> None:
             raise ValueError(f"{part}_y has labels outside 0..{num_classes - 1}")
 
 
+CACHE_ERRORS = (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile)
+"""What reading a damaged cache raises (truncated, not a zip, missing or malformed arrays)."""
+
+
 def load_cache(path: Path, name: str) -> LabelledSource | None:
-    """The cached source at ``path``, or None when there is no usable cache (with a warning
-    when a cache exists but cannot be read)."""
+    """The cached source at ``path``, or None when there is no cache; a damaged cache raises one
+    of :data:`CACHE_ERRORS`."""
     if not path.exists():
         return None
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            if int(z["format"]) != CACHE_FORMAT:
-                raise ValueError(f"cache format {int(z['format'])}, expected {CACHE_FORMAT}")
-            num_classes = int(z["num_classes"])
-            arrays = {k: z[k] for k in _ARRAYS}
-        _check_cache(arrays, num_classes)
-    except (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile) as err:
-        warnings.warn(
-            f"ignoring the unreadable cache {path} ({type(err).__name__}: {err}); "
-            "it will be rebuilt from the raw data",
-            stacklevel=2,
-        )
-        return None
+    with np.load(path, allow_pickle=False) as z:
+        if int(z["format"]) != CACHE_FORMAT:
+            raise ValueError(f"cache format {int(z['format'])}, expected {CACHE_FORMAT}")
+        num_classes = int(z["num_classes"])
+        arrays = {k: z[k] for k in _ARRAYS}
+    _check_cache(arrays, num_classes)
     return LabelledSource(name, num_classes=num_classes, **arrays)
 
 
 def cached_source(
     name: str, data_dir: Path | None, build: Callable[[], LabelledSource]
 ) -> LabelledSource:
-    """Read source ``name`` from its cache, or ``build()`` it from the raw data and cache it."""
+    """Read source ``name`` from its cache, or ``build()`` it from the raw data and cache it.
+
+    A damaged cache is rebuilt, with a warning once that has worked; when the raw data are
+    missing too, the :class:`DataNotPreparedError` of ``build`` says that the cache is damaged.
+    """
     path = cache_path(data_dir, name)
-    source = load_cache(path, name)
-    if source is None:
+    try:
+        source = load_cache(path, name)
+        damaged = False
+    except CACHE_ERRORS:
+        # What numpy says about a damaged file can mislead (a garbled header "contains pickled
+        # data"), so the messages say only that the cache is unreadable.
+        source, damaged = None, True
+    if source is not None:
+        return source
+    try:
         source = build()
-        save_cache(source, path)
+    except DataNotPreparedError as err:
+        if not damaged:
+            raise
+        raise DataNotPreparedError(f"{err} (its cache {path} is unreadable too)") from err
+    save_cache(source, path)
+    if damaged:
+        warnings.warn(f"rebuilt the unreadable cache {path} from the raw data", stacklevel=2)
     return source
 
 

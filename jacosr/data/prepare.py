@@ -22,6 +22,7 @@ from typing import Annotated, Literal
 
 import tyro
 
+from jacosr.config import cli, run_command
 from jacosr.data.labelled import DEFAULT_DATA_DIR, DataNotPreparedError, cache_path
 from jacosr.data.sources import PREPARED_SOURCES, load_source
 from jacosr.data.tfds_sources import TFDS_NAMES, build_tfds
@@ -65,28 +66,27 @@ def prepare(name: str, data_dir: Path | None = None, *, force: bool = False) -> 
     return path
 
 
-def main(args: PrepareArgs) -> None:
-    """Prepare every named data set; errors end the command with their message."""
-    bad = [name for name in args.names if name not in PREPARED_SOURCES]
-    if not args.names or bad:
-        raise SystemExit(
-            f"error: cannot prepare {', '.join(map(repr, bad)) or 'nothing'}; data sets that "
-            f"can be prepared are: {', '.join(PREPARED_SOURCES)}"
+def main(args: list[str] | None = None) -> list[Path]:
+    """Prepare every named data set (``args``: the command line without the program name);
+    returns their cache files. Errors propagate (:func:`jacosr.config.run_command` reports
+    them as one line)."""
+    parsed = cli(
+        PrepareArgs,
+        description="Download (TFDS, needs pip install 'jacosr[data]') or decode (image "
+        "folders) data sets and cache them as uint8 arrays in <data_dir>/cache; see the "
+        "module docstring of jacosr.data.prepare.",
+        args=args,
+    )
+    if not parsed.names:
+        raise ValueError(
+            f"name at least one data set to prepare, out of: {', '.join(PREPARED_SOURCES)}"
         )
-    for name in args.names:
-        try:
-            path = prepare(name, args.data_dir, force=args.force)
-        except (DataNotPreparedError, RuntimeError) as err:
-            raise SystemExit(f"error: {err}") from err
-        print(f"{name}: ready, cached in {path}")
+    paths = []
+    for name in parsed.names:
+        paths.append(prepare(name, parsed.data_dir, force=parsed.force))
+        print(f"{name}: ready, cached in {paths[-1]}")
+    return paths
 
 
 if __name__ == "__main__":
-    main(
-        tyro.cli(
-            PrepareArgs,
-            description="Download (TFDS, needs pip install 'jacosr[data]') or decode (image "
-            "folders) data sets and cache them as uint8 arrays in <data_dir>/cache; see the "
-            "module docstring of jacosr.data.prepare.",
-        )
-    )
+    run_command(main)

@@ -183,6 +183,7 @@ def protocol_a_config(benchmark: str, split: int, **overrides) -> DataConfig:
     ``benchmark``: one of ``mnist``, ``svhn``, ``cifar10``, ``cifar+10``, ``cifar+50``,
     ``tinyimagenet``. ``overrides``: other DataConfig fields (split_seed, data_dir, ...).
     """
+    protocol_a_classes(benchmark, split)  # its messages name the benchmarks and the splits
     return resolve_benchmark(DataConfig(benchmark=benchmark, protocol_split=split, **overrides))
 
 

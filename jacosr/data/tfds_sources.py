@@ -18,7 +18,9 @@ replicates MNIST to 3 channels; we keep the single channel, which carries the sa
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -40,19 +42,50 @@ def tfds_dir(data_dir: Path | None) -> Path:
     return Path(data_dir or DEFAULT_DATA_DIR) / "tfds"
 
 
+@contextlib.contextmanager
+def _quiet_absl():
+    """Silence TFDS's absl warnings for the duration (restoring the level after)."""
+    logger = logging.getLogger("absl")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _not_prepared(name: str, data_dir: Path | None, folder: Path) -> DataNotPreparedError:
+    """The error for a TFDS data set TFDS cannot open: absent, or not an array_record build."""
+    command = f"`{prepare_command(name, data_dir)}`"
+    if not has_tensorflow():
+        command += " (it needs TensorFlow: pip install 'jacosr[data]')"
+    if not folder.exists():
+        return DataNotPreparedError(
+            f"the TFDS data set {name!r} is not prepared: {folder} does not exist; run {command}"
+        )
+    return DataNotPreparedError(
+        f"the TFDS data set {name!r} in {folder} cannot be read: it holds no finished "
+        f"array_record build (it was built as TFRecord, or its build stopped); delete {folder}, "
+        f"then run {command}"
+    )
+
+
 def _read_split(name: str, data_dir: Path | None, split: str) -> tuple[np.ndarray, np.ndarray, int]:
     import tensorflow_datasets as tfds
 
+    folder = tfds_dir(data_dir) / name
+    # Asked for a data set that is not there at all, TFDS warns about the missing files of a
+    # "variant folder" before failing; the error below says what is wrong instead.
+    quiet = _quiet_absl() if not folder.exists() else contextlib.nullcontext()
     try:
-        ds = tfds.data_source(name, split=split, data_dir=str(tfds_dir(data_dir)), download=False)
+        with quiet:
+            ds = tfds.data_source(
+                name, split=split, data_dir=str(tfds_dir(data_dir)), download=False
+            )
     except (NotImplementedError, FileNotFoundError) as err:
-        # TFDS reports a data set that is absent (or only prepared as TFRecord) as an
-        # unsupported file format; say what to do instead.
-        raise DataNotPreparedError(
-            f"the TFDS data set {name!r} is not prepared for random access under "
-            f"{tfds_dir(data_dir)}; prepare it with `{prepare_command(name)}` "
-            "(needs TensorFlow: pip install 'jacosr[data]')"
-        ) from err
+        # TFDS reports a data set that is absent, or prepared as TFRecord, as an unsupported
+        # file format.
+        raise _not_prepared(name, data_dir, folder) from err
     n = len(ds)
     if n == 0:
         raise ValueError(f"the {split} split of TFDS data set {name!r} is empty")
@@ -89,9 +122,10 @@ def has_tensorflow() -> bool:
 def build_tfds(name: str, data_dir: Path | None) -> None:
     """Download and prepare a TFDS data set as ``array_record`` files (needs TensorFlow)."""
     if not has_tensorflow():
-        raise RuntimeError(
+        raise ModuleNotFoundError(
             f"building the TFDS data set {name!r} needs TensorFlow, which is not installed; "
-            "install it with: pip install 'jacosr[data]'"
+            "install it with: pip install 'jacosr[data]'",
+            name="tensorflow",
         )
     import tensorflow_datasets as tfds
 

@@ -175,4 +175,6 @@ def main(args: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from jacosr.config import run_command
+
+    run_command(main)

@@ -23,7 +23,7 @@ from jacosr.config import cli, to_dict
 from jacosr.evaluate import EvalConfig
 from jacosr.plots import plot_summary
 from jacosr.train import TrainConfig, resolve_techniques, run
-from jacosr.workdir import prepare_workdir
+from jacosr.workdir import open_workdir
 
 # A table column: its header and the path of keys to its value in a run's results.json.
 Columns = Mapping[str, tuple[str, ...]]
@@ -149,17 +149,20 @@ def seed_table(
     ``config`` is the experiment's config (stored in ``config.json`` and ``table.json``; its
     ``seeds`` field sets the replicates); ``title`` is prefixed to the split in the figure.
     """
-    workdir = prepare_workdir(workdir, to_dict(config), overwrite=overwrite)
-    results = run_grid(seed_grid(rows, config.seeds), workdir / "runs", evaluation)
-    summary = summarise(results, columns)
-    markdown = markdown_table(
-        summary, row_header=row_header, labels=labels, label_headers=label_headers
-    )
-    split = next(iter(results.values()))["split"]
-    full_title = f"{title}{split['source']}: known {split['known_classes']}, {config.seeds} seeds"
-    meta = {"config": to_dict(config), "split": split, "evaluation": to_dict(evaluation)}
-    write_table(workdir, summary, markdown, plot_summary(summary, title=full_title), meta)
-    return {"summary": summary, "markdown": markdown}
+    with open_workdir(workdir, to_dict(config), outputs=TABLE_FILES, overwrite=overwrite) as opened:
+        workdir = opened.path
+        results = run_grid(seed_grid(rows, config.seeds), workdir / "runs", evaluation)
+        summary = summarise(results, columns)
+        markdown = markdown_table(
+            summary, row_header=row_header, labels=labels, label_headers=label_headers
+        )
+        split = next(iter(results.values()))["split"]
+        full_title = (
+            f"{title}{split['source']}: known {split['known_classes']}, {config.seeds} seeds"
+        )
+        meta = {"config": to_dict(config), "split": split, "evaluation": to_dict(evaluation)}
+        write_table(workdir, summary, markdown, plot_summary(summary, title=full_title), meta)
+        return {"summary": summary, "markdown": markdown}
 
 
 TABLE_FILES = ("table.md", "table.json", "table.png")

@@ -29,11 +29,18 @@ from pathlib import Path
 from jacosr.config import to_dict
 from jacosr.data import BENCHMARKS, protocol_a_config
 from jacosr.evaluate import EvalConfig
-from jacosr.experiments.grid import markdown_table, run_grid, summarise, table_main, write_table
+from jacosr.experiments.grid import (
+    TABLE_FILES,
+    markdown_table,
+    run_grid,
+    summarise,
+    table_main,
+    write_table,
+)
 from jacosr.models import ModelConfig
 from jacosr.plots import plot_summary
 from jacosr.train import TrainConfig
-from jacosr.workdir import prepare_workdir
+from jacosr.workdir import open_workdir
 
 
 @dataclass(frozen=True)
@@ -103,18 +110,19 @@ def run(config: ProtocolAConfig, workdir: Path, *, overwrite: bool = False) -> d
         raise ValueError(f"unknown benchmarks {unknown}; valid are: {', '.join(BENCHMARKS)}")
     configs = split_configs(config)
     evaluation = EvalConfig(scores=config.scores)
-    workdir = prepare_workdir(workdir, to_dict(config), overwrite=overwrite)
-    results = run_grid(configs, workdir / "runs", evaluation)
-    summary = table_i(results, config)
-    markdown = markdown_table(summary, row_header="method (score)")
-    meta = {
-        "config": to_dict(config),
-        "evaluation": to_dict(evaluation),
-        "splits": {name: r["split"] for name, r in results.items()},
-    }
-    title = f"Protocol A, splits {list(config.splits)} (dots: splits)"
-    write_table(workdir, summary, markdown, plot_summary(summary, title=title), meta)
-    return {"summary": summary, "markdown": markdown}
+    with open_workdir(workdir, to_dict(config), outputs=TABLE_FILES, overwrite=overwrite) as opened:
+        workdir = opened.path
+        results = run_grid(configs, workdir / "runs", evaluation)
+        summary = table_i(results, config)
+        markdown = markdown_table(summary, row_header="method (score)")
+        meta = {
+            "config": to_dict(config),
+            "evaluation": to_dict(evaluation),
+            "splits": {name: r["split"] for name, r in results.items()},
+        }
+        title = f"Protocol A, splits {list(config.splits)} (dots: splits)"
+        write_table(workdir, summary, markdown, plot_summary(summary, title=title), meta)
+        return {"summary": summary, "markdown": markdown}
 
 
 @dataclass(frozen=True)
@@ -137,4 +145,6 @@ def main(args: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from jacosr.config import run_command
+
+    run_command(main)

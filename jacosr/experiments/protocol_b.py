@@ -30,11 +30,11 @@ from jacosr.config import to_dict
 from jacosr.data import load_open_set, protocol_b_config
 from jacosr.data.folders import OOD_FOLDERS
 from jacosr.evaluate import EvalConfig, evaluate
-from jacosr.experiments.grid import markdown_table, summarise, table_main, write_table
+from jacosr.experiments.grid import TABLE_FILES, markdown_table, summarise, table_main, write_table
 from jacosr.models import ModelConfig
 from jacosr.plots import plot_summary
 from jacosr.train import TrainConfig, fit, resolve_techniques
-from jacosr.workdir import prepare_workdir
+from jacosr.workdir import open_workdir
 
 
 @dataclass(frozen=True)
@@ -87,30 +87,33 @@ def run(config: ProtocolBConfig, workdir: Path, *, overwrite: bool = False) -> d
     if config.seeds < 1:
         raise ValueError(f"seeds must be >= 1, got {config.seeds}")
     evaluation = EvalConfig(scores=config.scores, reject_rate=config.reject_rate)
-    workdir = prepare_workdir(workdir, to_dict(config), overwrite=overwrite)
-    per_score: dict[str, dict] = {}
-    splits = {}
-    for seed in tqdm(range(config.seeds), desc="seeds", unit="model"):
-        first = ood_config(config, config.ood[0], seed)
-        data = load_open_set(first.data)
-        graphdef, state = fit(first, data, workdir / f"seed{seed}")
-        for ood in config.ood:
-            data = load_open_set(ood_config(config, ood, seed).data)
-            result = evaluate(graphdef, state, data, first.loss, evaluation)
-            splits[ood] = result["split"]
-            for score in config.scores:
-                cell = per_score.setdefault(f"{score}/seed{seed}", {"accuracy": result["accuracy"]})
-                cell[ood] = result["scores"][score]["macro_f1"]
-    columns = {ood: (ood,) for ood in config.ood} | {"ACC": ("accuracy",)}
-    summary = {
-        f"{config.train.loss.loss} ({score})": cells
-        for score, cells in summarise(per_score, columns).items()
-    }
-    markdown = markdown_table(summary, row_header="method (score)")
-    meta = {"config": to_dict(config), "evaluation": to_dict(evaluation), "splits": splits}
-    title = f"Protocol B: macro-F1 at {config.reject_rate:.0%} known rejection, CIFAR10 known"
-    write_table(workdir, summary, markdown, plot_summary(summary, title=title), meta)
-    return {"summary": summary, "markdown": markdown}
+    with open_workdir(workdir, to_dict(config), outputs=TABLE_FILES, overwrite=overwrite) as opened:
+        workdir = opened.path
+        per_score: dict[str, dict] = {}
+        splits = {}
+        for seed in tqdm(range(config.seeds), desc="seeds", unit="model"):
+            first = ood_config(config, config.ood[0], seed)
+            data = load_open_set(first.data)
+            graphdef, state = fit(first, data, workdir / f"seed{seed}")
+            for ood in config.ood:
+                data = load_open_set(ood_config(config, ood, seed).data)
+                result = evaluate(graphdef, state, data, first.loss, evaluation)
+                splits[ood] = result["split"]
+                for score in config.scores:
+                    cell = per_score.setdefault(
+                        f"{score}/seed{seed}", {"accuracy": result["accuracy"]}
+                    )
+                    cell[ood] = result["scores"][score]["macro_f1"]
+        columns = {ood: (ood,) for ood in config.ood} | {"ACC": ("accuracy",)}
+        summary = {
+            f"{config.train.loss.loss} ({score})": cells
+            for score, cells in summarise(per_score, columns).items()
+        }
+        markdown = markdown_table(summary, row_header="method (score)")
+        meta = {"config": to_dict(config), "evaluation": to_dict(evaluation), "splits": splits}
+        title = f"Protocol B: macro-F1 at {config.reject_rate:.0%} known rejection, CIFAR10 known"
+        write_table(workdir, summary, markdown, plot_summary(summary, title=title), meta)
+        return {"summary": summary, "markdown": markdown}
 
 
 @dataclass(frozen=True)
@@ -133,4 +136,6 @@ def main(args: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from jacosr.config import run_command
+
+    run_command(main)

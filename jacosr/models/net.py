@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jacosr.config import require
 from jacosr.models.heads import NORMALISED_HEADS, ClassHead, unit_normalise
 from jacosr.models.lenet import LeNet
 from jacosr.models.mlp import MLP
@@ -24,6 +25,8 @@ BACKBONES: dict[str, Callable[..., nnx.Module]] = {
     "wrn16_4": WRN,
     "resnet18": ResNet18,
 }
+# The conv backbones' representation is their pooled last feature map, so its size is fixed.
+FIXED_EMBED_DIM = {"vgg32": 128, "wrn16_4": 256, "resnet18": 512}
 
 
 @dataclass(frozen=True)
@@ -36,11 +39,32 @@ class ModelConfig:
         backbones' f is their pooled last feature map, so it must be 128 (vgg32), 256 (wrn16_4)
         or 512 (resnet18).
       width: hidden width of the MLP and of LeNet's dense layer.
+
+    Refused when built (``ValueError`` naming the flag): an unknown backbone, a width or
+    embed_dim below 1, and a conv backbone's embed_dim other than its fixed size.
     """
 
     backbone: str = "mlp"
     embed_dim: int = 128
     width: int = 256
+
+    def __post_init__(self):
+        require(
+            self.backbone in BACKBONES,
+            "--backbone",
+            f"one of {', '.join(sorted(BACKBONES))}",
+            self.backbone,
+        )
+        require(self.width >= 1, "--width", ">= 1", self.width)
+        require(self.embed_dim >= 1, "--embed-dim", ">= 1", self.embed_dim)
+        fixed = FIXED_EMBED_DIM.get(self.backbone)
+        require(
+            fixed is None or self.embed_dim == fixed,
+            "--embed-dim",
+            f"{fixed} with --backbone {self.backbone} (its representation is its pooled last "
+            "feature map)",
+            self.embed_dim,
+        )
 
 
 class Outputs(NamedTuple):
@@ -77,11 +101,6 @@ class OpenSetNet(nnx.Module):
         rotation_head: bool = False,
         rngs: nnx.Rngs,
     ):
-        if config.backbone not in BACKBONES:
-            raise ValueError(
-                f"unknown backbone {config.backbone!r}; "
-                f"valid backbones are: {', '.join(sorted(BACKBONES))}"
-            )
         kwargs = {"width": config.width} if config.backbone in ("mlp", "lenet") else {}
         self.backbone = BACKBONES[config.backbone](
             tuple(image_shape), config.embed_dim, rngs=rngs, **kwargs

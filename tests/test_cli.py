@@ -1,0 +1,125 @@
+"""Every ``python -m jacosr...`` command, run in-process as ``__main__`` (runpy, no subprocess):
+its --help lists its key flags and the --debug note, and an error ends it with one line and
+status 2 (see jacosr.config.run_command); a refused config value stops it before any workdir."""
+
+import runpy
+import sys
+
+import pytest
+
+from jacosr.config import DEBUG_ENV, DEBUG_NOTE
+from jacosr.data import DataNotPreparedError
+from jacosr.experiments import losses_table
+from jacosr.train import main as train_main
+
+# Every command and flags its --help must list.
+COMMANDS = {
+    "jacosr.train": (
+        "--dataset",
+        "--known",
+        "--unknown",
+        "--data-dir",
+        "--val-fraction",
+        "--benchmark",
+        "--loss",
+        "--scale",
+        "--margin-pos",
+        "--margin-neg",
+        "--temperature",
+        "--weight-pl",
+        "--backbone",
+        "--embed-dim",
+        "--width",
+        "--steps",
+        "--lr",
+        "--weight-decay",
+        "--augment",
+        "--self-sup",
+        "--scores",
+        "--reject-rate",
+        "--workdir",
+        "--overwrite",
+    ),
+    "jacosr.experiments.interp": ("--num-paths", "--estimator", "--num-probes", "--steps"),
+    "jacosr.experiments.losses_table": ("--losses", "--seeds", "--steps", "--workdir"),
+    "jacosr.experiments.ablation": ("--rows", "--seeds", "--steps", "--workdir"),
+    "jacosr.experiments.protocol_a": ("--benchmarks", "--splits", "--scores", "--backbone"),
+    "jacosr.experiments.protocol_b": ("--ood", "--seeds", "--scores", "--reject-rate"),
+    "jacosr.data.prepare": ("--data-dir", "--force", "cifar10", "imagenet_resized/32x32"),
+}
+
+# Re-running a module that is already imported as __main__ is what this file means to do.
+pytestmark = pytest.mark.filterwarnings("ignore:.*found in sys.modules:RuntimeWarning")
+
+
+def run_as_main(module: str, argv: list[str], monkeypatch) -> None:
+    """``python -m <module> <argv>``, in this process."""
+    monkeypatch.setattr(sys, "argv", [module, *argv])
+    runpy.run_module(module, run_name="__main__", alter_sys=True)
+
+
+@pytest.mark.parametrize("module", sorted(COMMANDS))
+def test_help_lists_the_key_flags_and_the_debug_note(module, monkeypatch, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        run_as_main(module, ["--help"], monkeypatch)
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: python -m {module} ")
+    for flag in COMMANDS[module]:
+        assert flag in out, f"{module} --help lacks {flag}"
+    assert " ".join(DEBUG_NOTE.split()) in " ".join(out.split())  # as wrapped on screen
+
+
+def _not_prepared_argv(module: str, data_dir: str) -> list[str]:
+    """Arguments with which ``module`` stops on data that is not there (an image source in an
+    empty data directory), after parsing and before any training."""
+    if module == "jacosr.data.prepare":
+        return ["lsun_crop", "--data-dir", data_dir]
+    workdir = ["--workdir", f"{data_dir}/workdir"]
+    if module in ("jacosr.experiments.protocol_a", "jacosr.experiments.protocol_b"):
+        return ["--data-dir", data_dir, *workdir]  # the benchmark's CIFAR10 is missing
+    return ["--dataset", "lsun_crop", "--data-dir", data_dir, *workdir]
+
+
+@pytest.mark.parametrize("module", sorted(COMMANDS))
+def test_an_error_is_one_line_with_status_2(module, tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv(DEBUG_ENV, raising=False)
+    with pytest.raises(SystemExit) as exit_:
+        run_as_main(module, _not_prepared_argv(module, str(tmp_path)), monkeypatch)
+    assert exit_.value.code == 2
+    last = capsys.readouterr().err.splitlines()[-1]  # progress bars may come before it
+    assert last.startswith("error: ")
+    assert "not prepared" in last and f"--data-dir {tmp_path}`" in last
+    assert "Traceback" not in last
+
+
+def test_debug_flag_keeps_the_traceback(tmp_path, monkeypatch):
+    monkeypatch.delenv(DEBUG_ENV, raising=False)
+    argv = ["--debug", *_not_prepared_argv("jacosr.data.prepare", str(tmp_path))]
+    with pytest.raises(DataNotPreparedError, match="lsun_crop is not prepared"):
+        run_as_main("jacosr.data.prepare", argv, monkeypatch)
+
+
+@pytest.mark.parametrize(
+    ("main", "argv", "message"),
+    [
+        (
+            train_main,
+            ["--margin-pos", "4"],
+            "--margin-pos must be an angle in [0, pi) radians (0: no margin); got 4.0",
+        ),
+        (train_main, ["--width", "0"], "--width must be >= 1; got 0"),
+        (train_main, ["--reject-rate", "1"], "--reject-rate must be a fraction in [0, 1)"),
+        (losses_table.main, ["--val-fraction", "0"], "--val-fraction must be a fraction in (0, 1)"),
+    ],
+)
+def test_a_refused_value_stops_the_command_before_any_workdir(
+    main, argv, message, tmp_path, capsys
+):
+    workdir = tmp_path / "workdir"
+    with pytest.raises(SystemExit) as exit_:
+        main([*argv, "--workdir", str(workdir)])
+    assert exit_.value.code == 2
+    boxed = capsys.readouterr().err  # tyro's parse-error box, wrapped at the terminal width
+    assert message in " ".join(boxed.replace("│", " ").split())
+    assert not workdir.exists()
