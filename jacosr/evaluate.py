@@ -146,7 +146,7 @@ def evaluate(
         train=predict(graphdef, state, data.known_train.x) if needs_train else None,
         train_labels=data.known_train.y if needs_train else None,
     )
-    pred = {name: np.argmax(out.logits, -1) for name, out in outputs.items()}
+    pred = {name: np.argmax(out.class_scores, -1) for name, out in outputs.items()}
     labels = data.known_test.y
     table = {}
     for name, spec in specs.items():

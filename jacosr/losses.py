@@ -232,33 +232,35 @@ class LossSpec(NamedTuple):
 
 
 def _raw(o: Outputs, c: LossConfig) -> jax.Array:
-    return o.logits
+    return o.class_scores
 
 
 def _scaled(o: Outputs, c: LossConfig) -> jax.Array:
-    return c.scale * o.logits
+    return c.scale * o.class_scores
 
 
 def _per_dim(o: Outputs, c: LossConfig) -> jax.Array:
     # +-||f - c_k||^2 / (D tau): -d / tau for GCPL, +d / tau for RPL.
-    return o.logits / (o.embedding.shape[-1] * c.temperature)
+    return o.class_scores / (o.embedding.shape[-1] * c.temperature)
 
 
 LOSSES: dict[str, LossSpec] = {
-    "sce": LossSpec("linear", lambda o, y, c: loss_sce(o.logits, y), _raw),
-    "nsce": LossSpec("cosine", lambda o, y, c: loss_nsce(o.logits, y, scale=c.scale), _scaled),
-    "doc": LossSpec("linear", lambda o, y, c: loss_doc(o.logits, y), _raw),
+    "sce": LossSpec("linear", lambda o, y, c: loss_sce(o.class_scores, y), _raw),
+    "nsce": LossSpec(
+        "cosine", lambda o, y, c: loss_nsce(o.class_scores, y, scale=c.scale), _scaled
+    ),
+    "doc": LossSpec("linear", lambda o, y, c: loss_doc(o.class_scores, y), _raw),
     "movr": LossSpec(
         "cosine",
         lambda o, y, c: loss_movr(
-            o.logits, y, scale=c.scale, margin_pos=c.margin_pos, margin_neg=c.margin_neg
+            o.class_scores, y, scale=c.scale, margin_pos=c.margin_pos, margin_neg=c.margin_neg
         ),
         _scaled,
     ),
     "gcpl": LossSpec(
         "distance",
         lambda o, y, c: loss_gcpl(
-            o.logits,
+            o.class_scores,
             y,
             dim=o.embedding.shape[-1],
             temperature=c.temperature,
@@ -269,7 +271,7 @@ LOSSES: dict[str, LossSpec] = {
     "rpl": LossSpec(
         "reciprocal",
         lambda o, y, c: loss_rpl(
-            o.logits,
+            o.class_scores,
             o.radius,
             y,
             dim=o.embedding.shape[-1],

@@ -111,13 +111,13 @@ class ScoreSpec(NamedTuple):
 
 
 def score_loss(outputs: Outputs, config: LossConfig) -> jax.Array:
-    """The training loss evaluated at the pseudo label ``argmax_k logits`` (Eq. 22). ``[B]``.
+    """The training loss evaluated at the pseudo label ``argmax_k class_scores`` (Eq. 22). ``[B]``.
 
     Uses the same similarity, scale, margins and extra terms (GCPL's prototype term, RPL's
     radius term) as training. A known sample fits its predicted class well (low loss); an
     unknown one fits none (high loss).
     """
-    pseudo = jnp.argmax(outputs.logits, axis=-1)
+    pseudo = jnp.argmax(outputs.class_scores, axis=-1)
     return per_sample_loss(config, outputs, pseudo)
 
 
@@ -275,7 +275,7 @@ def _of_outputs(fn: Callable[[Outputs, LossConfig], jax.Array]) -> ScoreSpec:
 
 
 def _make_max_cosine(ctx: ScoreContext) -> Scorer:
-    num_classes = ctx.train.logits.shape[-1]
+    num_classes = ctx.train.class_scores.shape[-1]
     means = class_means(np.asarray(ctx.train.embedding), ctx.train_labels, num_classes)
     return lambda out, x: np.asarray(score_max_cosine(out.embedding, means))
 
@@ -284,7 +284,7 @@ def _make_openmax(ctx: ScoreContext) -> Scorer:
     def activations(out: Outputs) -> np.ndarray:
         return openmax_activations(loss_spec(ctx.loss.loss).softmax_logits(out, ctx.loss))
 
-    num_classes = ctx.train.logits.shape[-1]
+    num_classes = ctx.train.class_scores.shape[-1]
     model = fit_openmax(
         activations(ctx.train), ctx.train_labels, num_classes, tail_size=ctx.config.openmax_tail
     )

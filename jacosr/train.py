@@ -254,7 +254,7 @@ def make_objective(graphdef: nnx.GraphDef, config: TrainConfig):
         if config.self_sup > 0:
             rotation = loss_rotation(out.rotation_logits[batch:], turns)
             loss = loss + config.self_sup * jnp.mean(rotation)
-        accuracy = jnp.mean(jnp.argmax(upright.logits, -1) == y)
+        accuracy = jnp.mean(jnp.argmax(upright.class_scores, -1) == y)
         return loss, (new_stats, accuracy)
 
     return objective

@@ -95,7 +95,7 @@ def test_shapes_eval_determinism_and_batch_statistics(name):
     )
     (out_a, stats_a), (out_b, _) = (run(state, jax.random.key(k), False) for k in (1, 2))
     assert out_a.embedding.shape == (3, CONV_BACKBONES[name])
-    assert out_a.logits.shape == (3, 5)
+    assert out_a.class_scores.shape == (3, 5)
     # Eval mode: deterministic, the key is ignored, running statistics are left alone.
     np.testing.assert_array_equal(out_a.embedding, out_b.embedding)
     assert all(

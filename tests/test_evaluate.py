@@ -72,7 +72,7 @@ def test_table_agrees_with_the_metrics_computed_directly(table, trained):
         )
     }
     s = {k: np.asarray(score_loss(o, config.loss)) for k, o in out.items()}
-    pred = {k: np.argmax(o.logits, -1) for k, o in out.items()}
+    pred = {k: np.argmax(o.class_scores, -1) for k, o in out.items()}
     y = data.known_test.y
     row = table["scores"]["loss"]
     np.testing.assert_allclose(row["auroc"], metric_auroc(s["known"], s["unknown"]))

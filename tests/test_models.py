@@ -70,8 +70,8 @@ def test_cosine_head_normalises_embedding_and_prototypes():
     np.testing.assert_allclose(np.linalg.norm(out.embedding, axis=1), 1.0, rtol=1e-5)
     w = np.asarray(state.params["head"]["prototypes"][...])
     w = w / np.linalg.norm(w, axis=1, keepdims=True)
-    np.testing.assert_allclose(out.logits, out.embedding @ w.T, rtol=1e-5, atol=1e-6)
-    assert np.all(np.abs(out.logits) <= 1.0 + 1e-6)
+    np.testing.assert_allclose(out.class_scores, out.embedding @ w.T, rtol=1e-5, atol=1e-6)
+    assert np.all(np.abs(out.class_scores) <= 1.0 + 1e-6)
 
 
 def test_linear_head_keeps_raw_embedding():
@@ -80,7 +80,7 @@ def test_linear_head_keeps_raw_embedding():
     assert not np.allclose(np.linalg.norm(out.embedding, axis=1), 1.0)
     w = np.asarray(state.params["head"]["prototypes"][...])
     b = np.asarray(state.params["head"]["bias"][...])
-    np.testing.assert_allclose(out.logits, out.embedding @ w.T + b, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(out.class_scores, out.embedding @ w.T + b, rtol=1e-5, atol=1e-5)
 
 
 def test_distance_heads_closed_form():

@@ -459,7 +459,7 @@ def test_objective_puts_rotated_copies_through_the_rotation_head_only():
         loss_rotation(out.rotation_logits[16:], turns)
     )
     np.testing.assert_allclose(loss, expected, rtol=1e-5)
-    np.testing.assert_allclose(accuracy, jnp.mean(jnp.argmax(upright.logits, -1) == y))
+    np.testing.assert_allclose(accuracy, jnp.mean(jnp.argmax(upright.class_scores, -1) == y))
 
 
 def test_augmentation_runs_inside_the_step_and_is_keyed():

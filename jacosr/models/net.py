@@ -71,7 +71,10 @@ class Outputs(NamedTuple):
     """What the network computes for a batch.
 
     ``embedding``: ``[B, D]`` the representation f (unit-normalised for normalised heads).
-    ``logits``: ``[B, K]`` class scores of the head's kind (see :mod:`jacosr.models.heads`).
+    ``class_scores``: ``[B, K]`` the class head's scores, of the head's kind (see
+      :mod:`jacosr.models.heads`): linear logits, cosines in [-1, 1], negative or positive
+      squared distances. Not logits in general: the loss turns them into logits
+      (``jacosr.losses.LossSpec.softmax_logits``); their argmax is the predicted class.
     ``rotation_logits``: ``[B, 4]`` rotation-head logits (0, 90, 180, 270 degrees), or None
       without a rotation head.
     ``radius``: ``[B]`` the reciprocal head's learnable radius R repeated per sample (so every
@@ -79,7 +82,7 @@ class Outputs(NamedTuple):
     """
 
     embedding: jax.Array
-    logits: jax.Array
+    class_scores: jax.Array
     rotation_logits: jax.Array | None = None
     radius: jax.Array | None = None
 
