@@ -9,7 +9,7 @@ Command (from the repository root)::
 ``--nets``, ``--groups`` and ``--allocators`` pick a subset; ``--sizes`` the samples per row.
 
 Prints one table. Rows, for (a) the digits MLP (8x8x1 -> 128) and (b) VGG32 (classifier32 on
-32x32x3, d_z = 128), both at random init (``jacosr.models``, eval mode, ``embedding_fn``):
+32x32x3, d_z = 128), both at random init (``jacosr.models``, eval mode, ``embedding_apply``):
 exact reverse and forward mode (:func:`jacosr.jacobian.jacobian_norms`), every stochastic
 estimator (:func:`jacosr.jacobian.estimate_sqnorms`) at k = 1, 4, 16 probes, and -- when
 ``torch`` is importable (optional, not a dependency) -- ``torch.func.vmap(jacrev)`` (and
@@ -150,12 +150,13 @@ def measure(run, batch: int, min_seconds: float, warm=None) -> dict:
 
 
 def build(net: str, sizes: Sizes):
-    """``(model, f, xs)``: random-init model, its eval-mode ``f(x) -> [128]``, and as many
-    inputs as ``sizes``' largest batch (digits repeated past the 1797 there are)."""
+    """``(model, f, state, xs)``: random-init model, its eval-mode ``f(state, x) -> [128]``
+    and state (the engine's ``params``), and as many inputs as ``sizes``' largest batch
+    (digits repeated past the 1797 there are)."""
     import jax
     from flax import nnx
 
-    from jacosr.models import ModelConfig, OpenSetNet, embedding_fn, split_model
+    from jacosr.models import ModelConfig, OpenSetNet, embedding_apply, split_model
 
     if net == "mlp-trained":
         from jacosr.data import to_float
@@ -164,7 +165,7 @@ def build(net: str, sizes: Sizes):
         _, data, graphdef, state = load_run(Path(os.environ[TRAINED_ENV]))
         test = np.concatenate([data.known_test.x, data.unknown_test.x])
         xs = np.asarray(to_float(np.resize(test, (max(sizes.mlp_batches), *test.shape[1:]))))
-        return None, embedding_fn(graphdef, state), jax.numpy.asarray(xs)
+        return None, embedding_apply(graphdef), state, jax.numpy.asarray(xs)
     if net == "mlp":
         from sklearn.datasets import load_digits
 
@@ -177,8 +178,8 @@ def build(net: str, sizes: Sizes):
         n = max(sizes.vgg_batch, sizes.vgg_torch_vmap_batch, sizes.vgg_torch_loop_batch)
         xs = np.random.default_rng(0).uniform(-1, 1, (n, *shape)).astype(np.float32)
     model = OpenSetNet(config, image_shape=shape, num_classes=10, head="linear", rngs=nnx.Rngs(0))
-    f = embedding_fn(*split_model(model))
-    return model, f, jax.numpy.asarray(xs)
+    graphdef, state = split_model(model)
+    return model, embedding_apply(graphdef), state, jax.numpy.asarray(xs)
 
 
 def torch_twin(model, net: str, device):
@@ -233,12 +234,12 @@ def rows_exact(net: str, mode: str, sizes: Sizes, **_):
 
     from jacosr import jacobian
 
-    _, f, xs = build(net, sizes)
+    _, f, state, xs = build(net, sizes)
     batches = (sizes.vgg_batch,) if net == "vgg32" else sizes.mlp_batches
     if net == "vgg32" and mode == "forward":
         batches = (sizes.vgg_forward_batch,) if sizes.vgg_forward_batch else ()
     for b in batches:
-        run = lambda b=b: jax.block_until_ready(jacobian.jacobian_norms(f, xs[:b], mode=mode))
+        run = lambda b=b: jacobian.jacobian_norms(f, xs[:b], params=state, mode=mode)
         # On CPU VGG32 runs one sample per call, so one sample compiles what the batch uses.
         one = net == "vgg32" and jax.default_backend() == "cpu"
         warm = (lambda run=run: run(1)) if one else None
@@ -251,7 +252,7 @@ def rows_stochastic(net: str, sizes: Sizes, **_):
 
     from jacosr import jacobian
 
-    _, f, xs = build(net, sizes)
+    _, f, state, xs = build(net, sizes)
     b = sizes.vgg_batch if net == "vgg32" else sizes.mlp_batches[-1]
     key = jax.random.key(0, impl="rbg")
     for estimator, side, probes in sizes.stochastic:
@@ -261,8 +262,8 @@ def rows_stochastic(net: str, sizes: Sizes, **_):
             # One chunk of the whole batch (a few MB to 300 MB here): one compile per row
             # instead of the planner's two; the exact rows exercise the planner.
             kw = dict(estimator=estimator, side=side, probes=probes, num_probes=k, chunk_size=b)
-            run = lambda kw=kw: jax.numpy.sqrt(
-                jax.block_until_ready(jacobian.estimate_sqnorms(f, xs[:b], key, **kw)[0])
+            run = lambda kw=kw: np.sqrt(
+                jacobian.estimate_sqnorms(f, xs[:b], key, params=state, **kw)[0]
             )
             method = f"jax {estimator} {side} {probes}"
             yield {"method": method, "k": k, "batch": b} | measure(run, b, sizes.min_seconds)
@@ -275,7 +276,7 @@ def rows_torch(net: str, sizes: Sizes, **_):
         return
     # On CUDA when torch sees a GPU (torch's own wheel on the GPU machine), else on the CPU.
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model, _, xs = build(net, sizes)
+    model, _, _, xs = build(net, sizes)
     body = torch_twin(model, net, device)
     xt = torch.from_numpy(np.array(xs)).to(device)
     one = lambda x: body(x[None])[0]

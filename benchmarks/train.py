@@ -10,10 +10,12 @@ Prints one table per allocator (glibc malloc; jemalloc by ``LD_PRELOAD`` of Debi
 per backbone -- the MLP and LeNet at the digits' 8x8x1, VGG32, WRN-16-4 and ResNet-18 at
 32x32x3 -- and a column per method:
 
-* ``dispatch``: the library's training dispatch (:func:`jacosr.train.make_train_dispatch`,
-  ``--steps`` steps in one ``lax.scan``) with the default convolution (``conv_impl="auto"``:
-  the im2col weight gradient on CPU, XLA's on GPU); m-OvR loss, SGD momentum, weight decay;
-  no augmentation and no rotation task, so each step is 128 images forward and backward.
+* ``dispatch``: the library's training dispatch (:func:`jacosr.train.make_train_dispatch`
+  with ``dispatch_steps`` = ``--steps``: ``--steps`` steps in one ``lax.scan`` of that static
+  length, as training runs between checkpoints) with the default convolution
+  (``conv_impl="auto"``: the im2col weight gradient on CPU, XLA's on GPU); m-OvR loss, SGD
+  momentum, weight decay; no augmentation and no rotation task, so each step is 128 images
+  forward and backward.
 * ``paper``: the same dispatch with the paper's recipe on image data sets, weak augmentation
   and the rotation task (lambda 0.1): each step is then 256 images forward and backward (the
   128 upright ones and their rotated copies). Its ``s/1k`` column is what one thousand steps
@@ -83,15 +85,19 @@ def _jax_cell(backbone: str, method: str, steps: int) -> dict:
         make_objective,
         make_optimizer,
         make_train_dispatch,
+        resolve,
     )
 
     image_shape, embed_dim = SHAPES[backbone]
     paper = method == "paper"
-    config = TrainConfig(
-        model=ModelConfig(backbone=backbone, embed_dim=embed_dim),
-        batch_size=BATCH,
-        augment="weak" if paper else "none",
-        self_sup=PAPER_SELF_SUP if paper else 0.0,
+    config = resolve(
+        TrainConfig(
+            model=ModelConfig(backbone=backbone, embed_dim=embed_dim),
+            batch_size=BATCH,
+            augment="weak" if paper else "none",
+            self_sup=PAPER_SELF_SUP if paper else 0.0,
+            dispatch_steps=steps,
+        )
     )
     net = OpenSetNet(
         config.model,
@@ -115,12 +121,10 @@ def _jax_cell(backbone: str, method: str, steps: int) -> dict:
     if method in ("dispatch", "paper"):
         dispatch = make_train_dispatch(graphdef, config, n)
         t0 = time.perf_counter()
-        state, (loss, _, _) = dispatch(state, train_x, train_y, steps)
-        loss.block_until_ready()
+        state, (loss, _, _) = dispatch(state, train_x, train_y, steps)  # NumPy: waits for it
         first = time.perf_counter() - t0
         t0 = time.perf_counter()
         state, (loss, _, _) = dispatch(state, train_x, train_y, steps)
-        loss.block_until_ready()
         times = [(time.perf_counter() - t0) / steps]
     else:
         objective = make_objective(graphdef, config)

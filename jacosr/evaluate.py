@@ -29,7 +29,7 @@ from jacosr.metrics import (
     metric_macro_f1,
     open_set_metrics,
 )
-from jacosr.models import ModelState, Outputs, apply_model, embedding_fn
+from jacosr.models import ModelState, Outputs, apply_model, embedding_apply
 from jacosr.scores import SCORES, ScoreConfig, ScoreContext, score_spec
 
 # Columns of the per-score table, in print order.
@@ -142,7 +142,8 @@ def evaluate(
     context = ScoreContext(
         loss=loss_config,
         config=config.score,
-        embedding_fn=embedding_fn(graphdef, state),
+        embedding_apply=embedding_apply(graphdef),
+        model_state=state,
         train=predict(graphdef, state, data.known_train.x) if needs_train else None,
         train_labels=data.known_train.y if needs_train else None,
     )

@@ -4,8 +4,8 @@ Some scores look only at the network's outputs of the samples they score (the lo
 MSP, max-logit, energy); others must first be fitted on the known training data (OpenMax,
 maximum cosine similarity to the class means) or need the model itself (the Jacobian norm).
 One interface serves all of them: a registered :class:`ScoreSpec` builds, from a
-:class:`ScoreContext` (the loss config, the model's pure embedding function and, when the
-score asks for it, the eval-mode outputs on known-train), a scorer
+:class:`ScoreContext` (the loss config, the model's pure embedding function and its state
+and, when the score asks for it, the eval-mode outputs on known-train), a scorer
 
     scorer(outputs: Outputs of [B] samples, x: [B, H, W, C] float32 in [-1, 1]) -> [B]
 
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -28,7 +28,7 @@ from scipy.stats import weibull_min
 from jacosr import jacobian
 from jacosr.config import require
 from jacosr.losses import LossConfig, loss_spec, per_sample_loss
-from jacosr.models import Outputs, unit_normalise
+from jacosr.models import ModelState, Outputs, unit_normalise
 
 Scorer = Callable[[Outputs, np.ndarray], np.ndarray]
 
@@ -86,15 +86,18 @@ class ScoreContext(NamedTuple):
 
     ``loss``: the loss config (the loss score and the softmax logits depend on it).
     ``config``: the scores' settings.
-    ``embedding_fn``: the representation as a pure function of ONE unbatched input,
-      ``f(x: [H, W, C]) -> [D]``, eval mode (:func:`jacosr.models.embedding_fn`).
+    ``embedding_apply``: the representation as a pure function of the model's arrays and ONE
+      unbatched input, ``f(state, x: [H, W, C]) -> [D]``, eval mode
+      (:func:`jacosr.models.embedding_apply`); ``model_state``: those arrays. The Jacobian
+      scores pass the state as a traced argument, so the engine compiles once per architecture.
     ``train``: eval-mode outputs on known-train (``[N]`` samples), or None when no selected score
       fits on it. ``train_labels``: ``[N]`` int, or None.
     """
 
     loss: LossConfig
     config: ScoreConfig
-    embedding_fn: Callable[[jax.Array], jax.Array]
+    embedding_apply: Callable[[ModelState, jax.Array], jax.Array]
+    model_state: ModelState
     train: Outputs | None = None
     train_labels: np.ndarray | None = None
 
@@ -236,35 +239,39 @@ def score_openmax(model: OpenMax, activations: np.ndarray, *, alpha: int = 2) ->
 # ----- the Jacobian norm of the representation ----------------------------------------------
 
 
-def score_jacobian(f: Callable[[jax.Array], jax.Array], x: np.ndarray) -> np.ndarray:
+def score_jacobian(f: Callable, x: np.ndarray, *, params: Any = None) -> np.ndarray:
     """Exact ``||df/dx||_F`` per sample (:func:`jacosr.jacobian.jacobian_norms`). ``[B]``.
 
-    Training lowers the norm on known classes more than on unknowns (Eq. 20), so a large norm
-    means "unknown". NaN for a sample whose input, embedding or norm is not finite (a NaN image
-    through a ReLU net has a zero Jacobian; it must not score as the most familiar sample).
+    ``f(x) -> z``, or ``f(params, x) -> z`` with ``params`` (as the engine takes them: e.g.
+    :func:`jacosr.models.embedding_apply` and a model state). Training lowers the norm on known
+    classes more than on unknowns (Eq. 20), so a large norm means "unknown". NaN for a sample
+    whose input, embedding or norm is not finite (a NaN image through a ReLU net has a zero
+    Jacobian; it must not score as the most familiar sample).
     """
-    return np.asarray(jacobian.jacobian_norms(f, x))
+    return jacobian.jacobian_norms(f, x, params=params)
 
 
 def score_jacobian_stochastic(
-    f: Callable[[jax.Array], jax.Array],
+    f: Callable,
     x: np.ndarray,
     key: jax.Array,
     *,
+    params: Any = None,
     estimator: str = "hutchinson",
     num_probes: int = 8,
 ) -> np.ndarray:
     """``sqrt`` of an unbiased estimate of ``||df/dx||_F^2`` (:func:`jacosr.jacobian.
     estimate_sqnorms`), clipped at 0. ``[B]``; sample b's probes depend on ``key`` and b only.
+    ``f`` and ``params`` as in :func:`score_jacobian`.
 
     Probes are uniform on the sphere, which both estimators accept (XNysTrace needs
     rotation-invariant probes) and whose variance is never above Gaussian probes'. NaN where
     the input, the embedding or the estimate is not finite, as for :func:`score_jacobian`.
     """
     sq, _ = jacobian.estimate_sqnorms(
-        f, x, key, estimator=estimator, num_probes=num_probes, probes="sphere"
+        f, x, key, params=params, estimator=estimator, num_probes=num_probes, probes="sphere"
     )
-    return np.sqrt(np.maximum(np.asarray(sq), 0.0))  # np.maximum keeps NaN
+    return np.sqrt(np.maximum(sq, 0.0))  # np.maximum keeps NaN
 
 
 # ----- the registry --------------------------------------------------------------------------
@@ -291,12 +298,17 @@ def _make_openmax(ctx: ScoreContext) -> Scorer:
     return lambda out, x: score_openmax(model, activations(out), alpha=ctx.config.openmax_alpha)
 
 
+def _make_jacobian(ctx: ScoreContext) -> Scorer:
+    return lambda out, x: score_jacobian(ctx.embedding_apply, x, params=ctx.model_state)
+
+
 def _make_jacobian_stochastic(ctx: ScoreContext) -> Scorer:
     key = jax.random.key(ctx.config.score_seed)
     return lambda out, x: score_jacobian_stochastic(
-        ctx.embedding_fn,
+        ctx.embedding_apply,
         x,
         key,
+        params=ctx.model_state,
         estimator=ctx.config.jacobian_estimator,
         num_probes=ctx.config.jacobian_probes,
     )
@@ -309,7 +321,7 @@ SCORES: dict[str, ScoreSpec] = {
     "energy": _of_outputs(score_energy),
     "max_cosine": ScoreSpec(_make_max_cosine, True),
     "openmax": ScoreSpec(_make_openmax, True),
-    "jacobian": ScoreSpec(lambda ctx: lambda out, x: score_jacobian(ctx.embedding_fn, x), False),
+    "jacobian": ScoreSpec(_make_jacobian, False),
     "jacobian_stochastic": ScoreSpec(_make_jacobian_stochastic, False),
 }
 

@@ -43,7 +43,7 @@ import warnings
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import NamedTuple
+from typing import IO, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -90,16 +90,25 @@ class TrainConfig:
         rotation task off. None (auto): the paper's 0.1 on image data sets, 0 on digits and
         toy2d. The ablation's "S".
       seed: seed of initialisation, batch order and dropout.
-      log_every: steps per device dispatch (run as one lax.scan) and per metrics.jsonl line.
-      checkpoint_every: steps between checkpoints (a multiple of log_every).
+      log_every: steps per metrics.jsonl line (each line holds the means over its steps; the
+        last line may cover fewer).
+      dispatch_steps: at most this many steps run in one device dispatch (one compiled loop);
+        a dispatch also ends at each checkpoint and at the last step. Larger amortises the
+        host's work per dispatch; it changes no line of the log.
+      checkpoint_every: steps between checkpoints (a multiple of log_every, so that a resumed
+        run starts on a log line).
       keep_checkpoints: how many recent checkpoints to keep (at least 1: the run resumes and
         is evaluated from its last checkpoint).
 
     Refused when built (``ValueError`` naming the flag, before any workdir exists): fewer than
-    1 step, image per batch, step per log line or checkpoint kept; checkpoint_every not a
-    positive multiple of log_every; lr not a positive finite number; lr_min outside [0, lr];
-    momentum outside [0, 1); a negative or infinite weight_decay or self_sup; an unknown
-    augmentation.
+    1 step, image per batch, step per log line or dispatch, or checkpoint kept;
+    checkpoint_every not a positive multiple of log_every; lr not a positive finite number;
+    lr_min outside [0, lr]; momentum outside [0, 1); a negative or infinite weight_decay or
+    self_sup; an unknown augmentation.
+
+    ``augment="auto"`` and ``self_sup=None`` are decided per data set by :func:`resolve`,
+    once, at the entry points (:func:`fit`, :func:`run`); what trains is the
+    :class:`ResolvedTrainConfig` it returns.
     """
 
     data: DataConfig = field(default_factory=DataConfig)
@@ -115,6 +124,7 @@ class TrainConfig:
     self_sup: float | None = None
     seed: int = 0
     log_every: int = 100
+    dispatch_steps: int = 100
     checkpoint_every: int = 1000
     keep_checkpoints: int = 3
 
@@ -123,6 +133,7 @@ class TrainConfig:
             ("--steps", self.steps),
             ("--batch-size", self.batch_size),
             ("--log-every", self.log_every),
+            ("--dispatch-steps", self.dispatch_steps),
             ("--keep-checkpoints", self.keep_checkpoints),
         ):
             require(value >= 1, flag, ">= 1", value)
@@ -158,12 +169,51 @@ class TrainConfig:
             get_augmentation(self.augment)
 
 
-def resolve_techniques(config: TrainConfig) -> TrainConfig:
-    """Replace ``augment="auto"`` and ``self_sup=None`` by the data set's defaults. Idempotent."""
+@dataclass(frozen=True)
+class ResolvedTrainConfig(TrainConfig):
+    """A :class:`TrainConfig` whose techniques are decided: ``augment`` names an augmentation
+    (never ``auto``) and ``self_sup`` is a number (never None).
+
+    Made by :func:`resolve` (or read back from a workdir's ``config.json``, which holds it);
+    the functions that build a run from its config (:func:`build_model`,
+    :func:`make_objective`, :func:`make_train_dispatch`) take only this type, so no code path
+    can train with the techniques undecided or decide them twice.
+    """
+
+    augment: str = field(kw_only=True)
+    self_sup: float = field(kw_only=True)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.augment == "auto" or self.self_sup is None:
+            raise ValueError(
+                f"a ResolvedTrainConfig has a concrete augment and self_sup, got "
+                f"augment={self.augment!r}, self_sup={self.self_sup!r}; make it with "
+                "jacosr.train.resolve(config), which decides them for the data set"
+            )
+
+
+def resolve(config: TrainConfig) -> ResolvedTrainConfig:
+    """``config`` with the techniques decided for its data set: ``augment="auto"`` becomes
+    ``weak`` (``none`` on digits and toy2d), ``self_sup=None`` becomes the paper's 0.1 (0 on
+    digits and toy2d); values set by hand stay. A resolved config is returned as it is."""
+    if isinstance(config, ResolvedTrainConfig):
+        return config
     off = config.data.benchmark is None and config.data.dataset in TECHNIQUES_OFF_BY_DEFAULT
     augment = ("none" if off else "weak") if config.augment == "auto" else config.augment
     self_sup = (0.0 if off else PAPER_SELF_SUP) if config.self_sup is None else config.self_sup
-    return dataclasses.replace(config, augment=augment, self_sup=float(self_sup))
+    given = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
+    return ResolvedTrainConfig(**{**given, "augment": augment, "self_sup": float(self_sup)})
+
+
+def _require_resolved(config: TrainConfig, user: str) -> ResolvedTrainConfig:
+    if not isinstance(config, ResolvedTrainConfig):
+        raise TypeError(
+            f"{user} takes a ResolvedTrainConfig, got a {type(config).__name__} whose "
+            f"techniques may be undecided (augment={config.augment!r}, "
+            f"self_sup={config.self_sup!r}); resolve it first: jacosr.train.resolve(config)"
+        )
+    return config
 
 
 class TrainState(NamedTuple):
@@ -187,10 +237,10 @@ def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
     )
 
 
-def build_model(config: TrainConfig, data: OpenSetData, key: jax.Array) -> OpenSetNet:
+def build_model(config: ResolvedTrainConfig, data: OpenSetData, key: jax.Array) -> OpenSetNet:
     """The network ``config`` describes, with the head its loss needs and, when the rotation
     task is on, a rotation head."""
-    config = resolve_techniques(config)
+    _require_resolved(config, "build_model")
     return OpenSetNet(
         config.model,
         image_shape=data.image_shape,
@@ -202,7 +252,11 @@ def build_model(config: TrainConfig, data: OpenSetData, key: jax.Array) -> OpenS
 
 
 def init_train_state(config: TrainConfig, data: OpenSetData) -> tuple[nnx.GraphDef, TrainState]:
-    """Initialise the model and optimiser from ``config.seed``."""
+    """Initialise the model and optimiser of the run ``config`` from ``config.seed``.
+
+    Like :func:`fit` and :func:`run`, an entry point: it takes the config as the user gave it
+    (the experiments' untrained "before" model) and resolves it (:func:`resolve`)."""
+    config = resolve(config)
     model = build_model(config, data, jax.random.fold_in(jax.random.key(config.seed), 0))
     graphdef, model_state = split_model(model)
     opt_state = make_optimizer(config).init(model_state.params)
@@ -232,13 +286,13 @@ def rotated_copies(key: jax.Array, x: jax.Array) -> tuple[jax.Array, jax.Array]:
     return every[turns, jnp.arange(x.shape[0])], turns
 
 
-def make_objective(graphdef: nnx.GraphDef, config: TrainConfig):
+def make_objective(graphdef: nnx.GraphDef, config: ResolvedTrainConfig):
     """The training objective ``(params, batch_stats, x, y, key) -> (loss, (stats, acc))``.
 
     ``x: [B, H, W, C]`` float32 in [-1, 1] (augmented upright images), ``y: [B]``; see the
     module docstring for the rotation term. ``acc`` is the batch's closed-set accuracy.
     """
-    config = resolve_techniques(config)
+    _require_resolved(config, "make_objective")
 
     def objective(params, batch_stats, x, y, key):
         rot_key, model_key = jax.random.split(key)
@@ -260,16 +314,26 @@ def make_objective(graphdef: nnx.GraphDef, config: TrainConfig):
     return objective
 
 
-def make_train_dispatch(graphdef: nnx.GraphDef, config: TrainConfig, num_train: int):
-    """The jitted function that runs ``n`` training steps in one dispatch.
+def make_train_dispatch(graphdef: nnx.GraphDef, config: ResolvedTrainConfig, num_train: int):
+    """The function that runs up to ``config.dispatch_steps`` training steps in one dispatch.
 
-    ``dispatch(state, train_x, train_y, n) -> (state, (loss [n], accuracy [n], finite [n]))``,
-    where ``finite`` says the step's loss and updated parameters are all finite. The training
-    arrays stay resident on the device; batches are gathered, converted to float, augmented and
-    fed to the objective inside jit; the per-step key is ``fold_in(key, step)``, split into the
-    augmentation's key and the objective's. ``state`` is donated.
+    ``dispatch(state, train_x, train_y, n) -> (state, (loss [n], accuracy [n], finite [n]))``
+    for ``1 <= n <= dispatch_steps``, where ``finite`` says the step's loss and updated
+    parameters are all finite; the three come back as NumPy arrays (reading them waits for the
+    dispatch), ``state`` stays on the device and is donated. The training arrays stay resident
+    on the device; batches are gathered, converted to float, augmented and fed to the objective
+    inside jit; the per-step key is ``fold_in(key, step)``, split into the augmentation's key
+    and the objective's.
+
+    Two compiled programs serve every ``n``: ``n == dispatch_steps`` runs a ``lax.scan`` of
+    that static length, and any shorter ``n`` (the steps left before a checkpoint or the end)
+    one loop whose trip count is an argument, writing into ``[dispatch_steps]`` buffers. A scan
+    per ``n`` would compile once per distinct length; the dynamic loop alone would hide the
+    trip count from XLA, whose GPU while loops then read their condition back to the host
+    after every step.
     """
-    config = resolve_techniques(config)
+    _require_resolved(config, "make_train_dispatch")
+    length = config.dispatch_steps
     optimizer = make_optimizer(config)
     augment = get_augmentation(config.augment)
     objective = make_objective(graphdef, config)
@@ -291,15 +355,51 @@ def make_train_dispatch(graphdef: nnx.GraphDef, config: TrainConfig, num_train: 
         )
         return new_state, (loss, accuracy, finite)
 
-    @partial(jax.jit, static_argnames="n", donate_argnums=0)
+    @partial(jax.jit, donate_argnums=0)
+    def full(state: TrainState, train_x, train_y):
+        return jax.lax.scan(lambda s, _: one_step(s, train_x, train_y), state, length=length)
+
+    @partial(jax.jit, donate_argnums=0)
+    def shorter(state: TrainState, train_x, train_y, n: jax.Array):
+        def body(i, carry):
+            state, buffers = carry
+            state, values = one_step(state, train_x, train_y)
+            return state, tuple(buf.at[i].set(v) for buf, v in zip(buffers, values, strict=True))
+
+        buffers = (jnp.zeros(length), jnp.zeros(length), jnp.zeros(length, bool))
+        return jax.lax.fori_loop(0, n, body, (state, buffers))
+
     def dispatch(state: TrainState, train_x, train_y, n: int):
-        return jax.lax.scan(lambda s, _: one_step(s, train_x, train_y), state, length=n)
+        if not 1 <= n <= length:
+            raise ValueError(f"a dispatch runs 1 to dispatch_steps ({length}) steps, not {n}")
+        if n == length:
+            state, values = full(state, train_x, train_y)
+        else:
+            state, values = shorter(state, train_x, train_y, np.int32(n))
+        return state, tuple(np.asarray(v)[:n] for v in values)
 
     return dispatch
 
 
 class NonFiniteLossError(FloatingPointError):
     """Training produced a NaN or infinite loss; the last good checkpoint is left intact."""
+
+
+@dataclass(frozen=True)
+class Every:
+    """The steps ``every, 2 every, 3 every, ...`` below ``last``, and ``last``.
+
+    The training loop's boundaries are such schedules: the metrics.jsonl lines (every
+    ``log_every`` steps), the checkpoints (every ``checkpoint_every``) and the end. Another
+    kind of boundary (steps at which to evaluate the model, say) is another object with
+    :meth:`after`: see :func:`_train`."""
+
+    every: int
+    last: int
+
+    def after(self, step: int) -> int:
+        """The first of these steps after ``step`` (``last`` when none is before it)."""
+        return min((step // self.every + 1) * self.every, self.last)
 
 
 TRAIN_OUTPUTS = ("checkpoints", "metrics.jsonl", "results.json")
@@ -327,7 +427,7 @@ def _truncate_log(path: Path, step: int) -> None:
             log.truncate(keep)
 
 
-def _check_config(config: TrainConfig, data: OpenSetData) -> None:
+def _check_config(config: ResolvedTrainConfig, data: OpenSetData) -> None:
     height, width = data.image_shape[:2]
     if config.self_sup > 0 and height != width:
         raise ValueError(
@@ -362,54 +462,111 @@ def _resume(wd: Workdir, template: TrainState, overwrite: bool) -> tuple[TrainSt
     return template, []
 
 
+class _MetricsLog:
+    """Appends to ``metrics.jsonl`` while training: one line per ``log_every`` steps and at the
+    last step, ``{"step", "loss", "accuracy", "lr", "seconds"}`` where ``loss`` and
+    ``accuracy`` are the means over the steps since the previous line, ``lr`` the rate of the
+    line's last step and ``seconds`` the time since training (re)started.
+
+    Lines do not depend on how the steps were dispatched: each dispatch hands over its
+    per-step values (:meth:`add`), which may complete several lines or none. Checkpoints fall
+    on lines (``checkpoint_every`` is a multiple of ``log_every``), so a resumed run starts
+    between two lines, with nothing pending, and writes the same lines again."""
+
+    def __init__(self, file: IO[str], config: ResolvedTrainConfig):
+        self.file = file
+        self.lines = Every(config.log_every, config.steps)
+        self.lr = lr_schedule(config)
+        self.pending: list[tuple[np.ndarray, np.ndarray]] = []
+        self.t0 = time.perf_counter()
+
+    def add(self, step: int, loss: np.ndarray, accuracy: np.ndarray) -> None:
+        """The losses and accuracies ``[n]`` of steps ``step + 1 .. step + n``; writes the
+        lines they complete (each flushed, then the ``after-step`` fault point)."""
+        done = 0
+        while done < len(loss):
+            line = self.lines.after(step + done)
+            end = min(line - step, len(loss))
+            self.pending.append((loss[done:end], accuracy[done:end]))
+            done = end
+            if step + done == line:
+                self._write(line)
+
+    def _write(self, step: int) -> None:
+        loss, accuracy = (np.concatenate(values) for values in zip(*self.pending, strict=True))
+        self.pending.clear()
+        record = {
+            "step": step,
+            "loss": float(loss.mean()),
+            "accuracy": float(accuracy.mean()),
+            "lr": float(self.lr(step - 1)),
+            "seconds": round(time.perf_counter() - self.t0, 3),
+        }
+        self.file.write(json.dumps(record) + "\n")
+        self.file.flush()
+        fault_point("after-step", step)
+
+
 def _train(
-    config: TrainConfig, data: OpenSetData, wd: Workdir, *, overwrite: bool, progress: bool
+    config: ResolvedTrainConfig,
+    data: OpenSetData,
+    wd: Workdir,
+    *,
+    overwrite: bool,
+    progress: bool,
 ) -> tuple[nnx.GraphDef, ModelState]:
-    """:func:`fit` in the open workdir ``wd``."""
+    """:func:`fit` in the open workdir ``wd``.
+
+    The loop dispatches ``dispatch_steps`` steps at a time, ending a dispatch early at each
+    *stop*: a step at which the state itself is needed on the host, here the checkpoints and
+    the last step. Stops are ``(schedule, action)`` pairs: a schedule's ``after(step)`` is its
+    next step (see :class:`Every`), and ``action(step, state)`` runs there. Every stop falls at
+    the same steps in a run and in the same run resumed from any checkpoint (checkpoints are
+    stops), so both dispatch the same steps together and reach bit-identical states. Another
+    kind of stop (evaluating the model at chosen steps, say) is one more pair, whose output is
+    truncated on resumption as ``metrics.jsonl`` is.
+    """
     graphdef, fresh = init_train_state(config, data)
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), fresh)
     state, damaged = _resume(wd, fresh, overwrite)
-    start = int(state.step)
+    step = int(state.step)
     log_path = wd.path / "metrics.jsonl"
-    _truncate_log(log_path, start)
-    if start >= config.steps:  # finished: the checkpoints were only read
+    _truncate_log(log_path, step)
+    if step >= config.steps:  # finished: the checkpoints were only read
         return graphdef, state.model
     dispatch = make_train_dispatch(graphdef, config, len(data.known_train.y))
-    train_x = jax.device_put(data.known_train.x)
-    train_y = jax.device_put(data.known_train.y)
-    schedule = lr_schedule(config)
-    bar = tqdm(total=config.steps, initial=start, disable=not progress, desc="train", unit="step")
-    t0 = time.perf_counter()
-    with CheckpointStore(wd.path, keep=config.keep_checkpoints) as store, bar:
+    train = jax.device_put(data.known_train.x), jax.device_put(data.known_train.y)
+    bar = tqdm(total=config.steps, initial=step, disable=not progress, desc="train", unit="step")
+    with (
+        CheckpointStore(wd.path, keep=config.keep_checkpoints) as store,
+        log_path.open("a") as log_file,
+        bar,
+    ):
         store.delete(damaged)
-        with log_path.open("a") as log:
-            step = start
-            while step < config.steps:
-                n = min(config.log_every - step % config.log_every, config.steps - step)
-                state, (loss, accuracy, finite) = dispatch(state, train_x, train_y, n)
-                loss, accuracy = np.asarray(loss), np.asarray(accuracy)
-                bad = np.flatnonzero(~np.asarray(finite))
-                if bad.size:
-                    raise NonFiniteLossError(
-                        f"training diverged at step {step + int(bad[0])}: the loss "
-                        f"({loss[bad[0]]}) or the updated parameters are not finite; "
-                        f"{store.describe_intact(abstract)}. Lower --lr or check the data"
-                    )
-                step += n
-                record = {
-                    "step": step,
-                    "loss": float(loss.mean()),
-                    "accuracy": float(accuracy.mean()),
-                    "lr": float(schedule(step - 1)),
-                    "seconds": round(time.perf_counter() - t0, 3),
-                }
-                log.write(json.dumps(record) + "\n")
-                log.flush()
-                fault_point("after-step", step)
-                bar.update(n)
-                bar.set_postfix(loss=f"{record['loss']:.4f}", acc=f"{record['accuracy']:.3f}")
-                if step % config.checkpoint_every == 0 or step == config.steps:
-                    store.save(step, state, wd.config)
+        log = _MetricsLog(log_file, config)
+
+        def checkpoint(at: int, state: TrainState) -> None:
+            store.save(at, state, wd.config)
+
+        stops = [(Every(config.checkpoint_every, config.steps), checkpoint)]
+        while step < config.steps:
+            stop = min(schedule.after(step) for schedule, _ in stops)
+            n = min(stop - step, config.dispatch_steps)
+            state, (loss, accuracy, finite) = dispatch(state, *train, n)
+            if not finite.all():
+                bad = int(np.flatnonzero(~finite)[0])
+                raise NonFiniteLossError(
+                    f"training diverged at step {step + bad}: the loss ({loss[bad]}) or the "
+                    f"updated parameters are not finite; {store.describe_intact(abstract)}. "
+                    "Lower --lr or check the data"
+                )
+            log.add(step, loss, accuracy)
+            step += n
+            bar.update(n)
+            bar.set_postfix(loss=f"{loss.mean():.4f}", acc=f"{accuracy.mean():.3f}")
+            for schedule, action in stops:
+                if schedule.after(step - 1) == step:
+                    action(step, state)
     return graphdef, state.model
 
 
@@ -423,18 +580,19 @@ def fit(
 ) -> tuple[nnx.GraphDef, ModelState]:
     """Train (or resume) the run ``config`` describes in ``workdir``; return the final model.
 
-    Steps run ``log_every`` at a time in one device dispatch; after each dispatch one line
-    goes to ``metrics.jsonl``; every ``checkpoint_every`` steps and at the end the state is
-    checkpointed. A non-finite loss or parameter raises :class:`NonFiniteLossError` naming the
-    step, without saving the diverged state. ``config.json`` holds the config with the
-    techniques' defaults resolved (:func:`resolve_techniques`).
+    Steps run up to ``dispatch_steps`` at a time in one device dispatch; every ``log_every``
+    steps one line goes to ``metrics.jsonl``; every ``checkpoint_every`` steps and at the end
+    the state is checkpointed. A non-finite loss or parameter raises
+    :class:`NonFiniteLossError` naming the step, without saving the diverged state. ``config``
+    is resolved here (:func:`resolve`), once: ``config.json`` and the checkpoints hold the
+    :class:`ResolvedTrainConfig`.
 
     The workdir is opened with :func:`jacosr.workdir.open_workdir` (its lock held throughout;
     a different config is refused unless ``overwrite``); training resumes from the newest
     intact checkpoint (:meth:`jacosr.checkpoint.CheckpointStore.restore`); a finished run
     only reads its last checkpoint (a read-only workdir works).
     """
-    config = resolve_techniques(config)
+    config = resolve(config)
     _check_config(config, data)
     with open_workdir(workdir, to_dict(config), outputs=TRAIN_OUTPUTS, overwrite=overwrite) as wd:
         return _train(config, data, wd, overwrite=overwrite, progress=progress)
@@ -450,12 +608,13 @@ def run(
 ) -> dict:
     """Train ``config`` in ``workdir``, evaluate on the open-set split, write results.json.
 
-    ``evaluation`` defaults to ``EvalConfig()``. Returns ``{"config": the resolved config,
-    **evaluate(...)}`` (see :func:`jacosr.evaluate.evaluate`). The workdir stays locked until
-    results.json is written; if it cannot be written (a read-only workdir), a warning says so
-    and the results are still returned.
+    ``evaluation`` defaults to ``EvalConfig()``. ``config`` is resolved here, as in
+    :func:`fit`. Returns ``{"config": the resolved config, **evaluate(...)}`` (see
+    :func:`jacosr.evaluate.evaluate`). The workdir stays locked until results.json is
+    written; if it cannot be written (a read-only workdir), a warning says so and the results
+    are still returned.
     """
-    config = resolve_techniques(config)
+    config = resolve(config)
     data = load_open_set(config.data)
     _check_config(config, data)
     with open_workdir(workdir, to_dict(config), outputs=TRAIN_OUTPUTS, overwrite=overwrite) as wd:
@@ -475,8 +634,10 @@ def run(
     return results
 
 
-def load_run(workdir: Path) -> tuple[TrainConfig, OpenSetData, nnx.GraphDef, ModelState]:
-    """Load a run's config, data and latest model from its workdir (for notebooks).
+def load_run(
+    workdir: Path,
+) -> tuple[ResolvedTrainConfig, OpenSetData, nnx.GraphDef, ModelState]:
+    """Load a run's (resolved) config, data and latest model from its workdir (for notebooks).
 
     Restores the newest intact checkpoint, verified as by :func:`fit` (a damaged one is
     skipped with a warning), read-only and without taking the workdir's lock (a run may be
@@ -486,7 +647,7 @@ def load_run(workdir: Path) -> tuple[TrainConfig, OpenSetData, nnx.GraphDef, Mod
     config_path = workdir / "config.json"
     if not config_path.exists():
         raise FileNotFoundError(f"{workdir} has no config.json; is it a jacosr workdir?")
-    config = from_dict(TrainConfig, json.loads(config_path.read_text()))
+    config = from_dict(ResolvedTrainConfig, json.loads(config_path.read_text()))
     data = load_open_set(config.data)
     graphdef, template = init_train_state(config, data)
     with CheckpointStore(workdir, read_only=True) as store:

@@ -1,9 +1,64 @@
-"""Shared fixtures. Global jax configuration belongs here and in entry points only."""
+"""Shared fixtures. Global jax configuration belongs here and in entry points only.
 
+Compilation dominates the suite's time, so the test run shares one persistent XLA compilation
+cache (a temporary folder, removed at the end): every process of the run (pytest-xdist's
+workers and the ``python -m jacosr...`` subprocesses the tests start) compiles each distinct
+program once. The cache is keyed by the program, the jax/XLA versions and flags, so it changes
+no result; a ``JAX_COMPILATION_CACHE_DIR`` set by the user is used as it is and kept.
+"""
+
+import fcntl
 import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+from hypothesis import settings
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    # Set before pytest-xdist starts its workers, which inherit it (and so share the cache).
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="jacosr-test-xla-cache-")
+    os.environ["JACOSR_TEST_OWNS_CACHE"] = os.environ["JAX_COMPILATION_CACHE_DIR"]
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
-from jacosr.config import configure_xla
+from jacosr.config import configure_xla  # after the environment is set
 
 configure_xla()  # XLA_FLAGS is read once, when jax starts its backend
+
+# Property tests draw the same examples on every run: a failure is reproducible, never a
+# matter of which run drew it.
+settings.register_profile("jacosr", derandomize=True, deadline=None)
+settings.load_profile("jacosr")
+
+
+def pytest_sessionfinish(session):
+    """Remove the run's compilation cache (in the process that made it: the controller)."""
+    owned = os.environ.get("JACOSR_TEST_OWNS_CACHE")
+    if owned and not hasattr(session.config, "workerinput"):
+        shutil.rmtree(owned, ignore_errors=True)
+
+
+def _run_root(tmp_path_factory) -> Path:
+    """A folder of this test run shared by its xdist workers (their basetemps' parent), or the
+    basetemp itself without xdist (its parent would be shared with earlier runs)."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+@pytest.fixture(scope="session")
+def digits_run(tmp_path_factory):
+    """The README's first training run (digits, known 0..5, m-OvR, the default MLP, 2000
+    steps), trained once per test run and shared by every test and xdist worker that asks:
+    ``(workdir, results)``. The first worker to get the lock trains; the others find the run
+    finished, so ``run`` only reads its checkpoint back and evaluates it. Read-only for tests:
+    copy it (``shutil.copytree``) before changing anything in it."""
+    from jacosr.train import TrainConfig, run
+
+    root = _run_root(tmp_path_factory)
+    workdir = root / "digits-movr-2000"
+    with open(root / "digits-movr-2000.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # blocks until the worker that trains has finished
+        results = run(TrainConfig(steps=2000), workdir, progress=False)
+    return workdir, results

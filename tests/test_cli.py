@@ -31,6 +31,8 @@ COMMANDS = {
         "--embed-dim",
         "--width",
         "--steps",
+        "--log-every",
+        "--dispatch-steps",
         "--lr",
         "--weight-decay",
         "--augment",
@@ -46,6 +48,17 @@ COMMANDS = {
     "jacosr.experiments.protocol_a": ("--benchmarks", "--splits", "--scores", "--backbone"),
     "jacosr.experiments.protocol_b": ("--ood", "--seeds", "--scores", "--reject-rate"),
     "jacosr.data.prepare": ("--data-dir", "--force", "cifar10", "imagenet_resized/32x32"),
+}
+
+# Every experiment command (jacosr.experiments.command) and what its --workdir holds.
+TABLE = "table.md, table.json, table.png and"
+EXPERIMENTS = {
+    "jacosr.experiments.interp": "results.json, hist.png, interp.png and the trained model "
+    "(train/)",
+    "jacosr.experiments.losses_table": f"{TABLE} the runs (runs/)",
+    "jacosr.experiments.ablation": f"{TABLE} the runs (runs/)",
+    "jacosr.experiments.protocol_a": f"{TABLE} the runs (runs/)",
+    "jacosr.experiments.protocol_b": f"{TABLE} the models (seed<i>/)",
 }
 
 # Re-running a module that is already imported as __main__ is what this file means to do.
@@ -68,6 +81,19 @@ def test_help_lists_the_key_flags_and_the_debug_note(module, monkeypatch, capsys
     for flag in COMMANDS[module]:
         assert flag in out, f"{module} --help lacks {flag}"
     assert " ".join(DEBUG_NOTE.split()) in " ".join(out.split())  # as wrapped on screen
+
+
+@pytest.mark.parametrize("module", sorted(EXPERIMENTS))
+def test_experiment_help_says_what_workdir_holds_and_what_overwrite_deletes(
+    module, monkeypatch, capsys
+):
+    with pytest.raises(SystemExit):
+        run_as_main(module, ["--help"], monkeypatch)
+    out = " ".join(capsys.readouterr().out.replace("│", " ").split())  # unwrapped, unboxed
+    assert f"--workdir PATH where {EXPERIMENTS[module]} go;" in out
+    assert "--log-every INT" in out and "--dispatch-steps INT" in out  # the training run's
+    assert "Deletes only what jacosr wrote there and in the runs below it" in out
+    assert "nothing while another jacosr process uses workdir" in out
 
 
 def _not_prepared_argv(module: str, data_dir: str) -> list[str]:

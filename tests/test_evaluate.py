@@ -15,17 +15,13 @@ from jacosr.losses import LossConfig
 from jacosr.metrics import metric_auroc, metric_dbi, metric_macro_f1, metric_oscr
 from jacosr.models import ModelConfig, OpenSetNet, split_model
 from jacosr.scores import SCORES, score_loss
-from jacosr.train import TrainConfig, fit
+from jacosr.train import load_run
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """The default run (digits, known 0..5, m-OvR), 1,000 steps."""
-    from jacosr.data import load_open_set
-
-    config = TrainConfig(steps=1000)
-    data = load_open_set(config.data)
-    graphdef, state = fit(config, data, tmp_path_factory.mktemp("run"), progress=False)
+def trained(digits_run):
+    """The default run (digits, known 0..5, m-OvR, 2,000 steps), shared by the suite."""
+    config, data, graphdef, state = load_run(digits_run[0])
     return config, data, graphdef, state
 
 

@@ -3,7 +3,9 @@ claims, and its refusals of bad settings before anything is trained."""
 
 import json
 import re
+from collections import Counter
 
+import jax
 import numpy as np
 import pytest
 
@@ -19,6 +21,35 @@ TINY_TRAIN = TrainConfig(
 )
 
 
+@pytest.fixture
+def analyses(monkeypatch) -> list[Counter]:
+    """jax's monitoring events (traces, compilations) of each analysis of a model state."""
+    events, analyse = [], interp.analyse
+
+    def counted(*args, **kwargs):
+        counts = Counter()
+        listen = lambda event, duration_secs, **kw: counts.update([event])
+        jax.monitoring.register_event_duration_secs_listener(listen)
+        try:
+            return analyse(*args, **kwargs)
+        finally:
+            jax.monitoring.unregister_event_duration_listener(listen)
+            events.append(counts)
+
+    monkeypatch.setattr(interp, "analyse", counted)
+    return events
+
+
+def compiled_after_the_first(analyses: list[Counter]) -> list[int]:
+    """Traces and compilations of every analysis but the first: the engine's programs take the
+    model state as an argument, so every later state (and run) reuses them."""
+    events = (
+        "/jax/core/compile/jaxpr_trace_duration",
+        "/jax/core/compile/backend_compile_duration",
+    )
+    return [sum(a[e] for e in events) for a in analyses[1:]]
+
+
 def test_path_ends_join_two_different_known_classes():
     data = load_open_set(DataConfig())
     x0, x1, classes = sample_path_ends(data, 30, seed=0)
@@ -30,7 +61,7 @@ def test_path_ends_join_two_different_known_classes():
 
 
 @pytest.mark.slow
-def test_interp_end_to_end_shows_the_papers_claim(tmp_path, capsys):
+def test_interp_end_to_end_shows_the_papers_claim(tmp_path, capsys, analyses):
     args = [
         "--steps",
         "400",
@@ -68,6 +99,7 @@ def test_interp_end_to_end_shows_the_papers_claim(tmp_path, capsys):
     assert results["after_training"] == after
     # re-running reuses the trained model and reproduces the analysis
     assert main(args)["after_training"] == after
+    assert compiled_after_the_first(analyses) == [0, 0, 0]
 
 
 # The smallest run that still trains and analyses: 20 steps of a 16-wide MLP, 8-d embedding.
@@ -77,7 +109,7 @@ TINY_ARGS += ["--embed-dim", "8", "--num-paths", "2", "--num-points", "3", "--nu
 
 @pytest.mark.slow
 @pytest.mark.parametrize("estimator", sorted(ESTIMATORS))  # exact: the paper's-claim test
-def test_every_estimator_runs_end_to_end_with_its_default_probes(tmp_path, estimator):
+def test_every_estimator_runs_end_to_end_with_its_default_probes(tmp_path, estimator, analyses):
     args = [*TINY_ARGS, "--estimator", estimator, "--num-probes", "4", "--workdir", str(tmp_path)]
     results = main(args)
     saved = json.loads((tmp_path / "results.json").read_text())
@@ -86,6 +118,7 @@ def test_every_estimator_runs_end_to_end_with_its_default_probes(tmp_path, estim
         r = saved[stage]
         numbers = [r["mean_norm_known"], r["mean_norm_unknown"], r["mean_path_length"]]
         assert np.all(np.isfinite(numbers)) and len(r["path_profile"]["mean"]) == 3
+    assert compiled_after_the_first(analyses) == [0]
 
 
 @pytest.mark.parametrize(

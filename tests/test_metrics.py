@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.metrics import average_precision_score, davies_bouldin_score, roc_auc_score, roc_curve
 
+from jacosr import metrics
 from jacosr.metrics import (
     OPEN_SET_METRICS,
     check_finite_scores,
@@ -26,6 +27,7 @@ from jacosr.metrics import (
     metric_fpr_at_tpr,
     metric_inter_class_distance,
     metric_intra_inter_ratio,
+    metric_jacobian_norm_difference,
     metric_macro_f1,
     metric_oscr,
     open_set_metrics,
@@ -369,6 +371,38 @@ def test_intra_inter_ratio_weights_classes_equally():
     assert metric_intra_inter_ratio(x, [0, 0, 1, 1, 1, 1]) == pytest.approx(0.05)
 
 
+def test_jacobian_norm_difference_estimate_interval_and_closed_forms():
+    rng = np.random.default_rng(0)
+    known, unknown = rng.normal(size=40), 1.5 + rng.normal(size=30)
+    jnd = metric_jacobian_norm_difference(known, unknown, seed=2)
+    assert jnd.estimate == pytest.approx(unknown.mean() - known.mean(), abs=TOL)
+    assert jnd.low < jnd.estimate < jnd.high
+    assert metric_jacobian_norm_difference(known, unknown, seed=2) == jnd  # reproducible
+    # Closed forms of the point estimate, either sign.
+    assert metric_jacobian_norm_difference([1, 2, 6], [4, 6]).estimate == pytest.approx(2.0)
+    assert metric_jacobian_norm_difference([4], [1, 2]).estimate == pytest.approx(-2.5)
+
+
+def test_jacobian_norm_difference_interval_covers_true_difference_at_its_level():
+    rng, m, true_diff = np.random.default_rng(1), 300, 0.5
+    covered = 0
+    for seed in range(m):
+        known, unknown = rng.normal(size=60), true_diff + 2.0 * rng.normal(size=50)
+        jnd = metric_jacobian_norm_difference(
+            known, unknown, num_resamples=400, level=0.9, seed=seed
+        )
+        covered += jnd.low <= true_diff <= jnd.high
+    assert 0.84 < covered / m < 0.95
+
+
+def test_bootstrap_resamples_in_blocks_fill_every_resample(monkeypatch):
+    monkeypatch.setattr(metrics, "_BOOTSTRAP_BLOCK", 7)  # 1 resample of 5 values per block
+    a = np.array([1.0, 2.0, 3.0, 4.0, 5.0])
+    means = metrics._bootstrap_means(np.random.default_rng(0), a, 50)
+    assert means.shape == (50,) and np.all((1 <= means) & (means <= 5))
+    assert len(np.unique(means)) > 5
+
+
 # ---- aggregate API and array types --------------------------------------------------------
 
 
@@ -511,6 +545,20 @@ def test_embedding_metric_errors():
             fn(np.array([[np.nan, 0], [0, 0], [1, 1], [1, 1]]), [0, 0, 1, 1])
     with pytest.raises(ValueError, match=r"4 classes for 4 samples; .*\(C <= N - 1\)"):
         metric_dbi(np.arange(8.0).reshape(4, 2), [0, 1, 2, 3])
+
+
+def test_jacobian_norm_difference_errors():
+    a = np.ones(4)
+    with pytest.raises(ValueError, match=r"norms_known has shape \(2, 2\); expected a 1-D"):
+        metric_jacobian_norm_difference(np.ones((2, 2)), a)
+    with pytest.raises(ValueError, match="norms_unknown is empty; the difference needs"):
+        metric_jacobian_norm_difference(a, [])
+    with pytest.raises(ValueError, match="norms_known contains 1 non-finite values"):
+        metric_jacobian_norm_difference([np.inf, 1.0], a)
+    with pytest.raises(ValueError, match=r"level must lie in \(0, 1\); got 1.5"):
+        metric_jacobian_norm_difference(a, a, level=1.5)
+    with pytest.raises(ValueError, match="num_resamples must be at least 1; got 0"):
+        metric_jacobian_norm_difference(a, a, num_resamples=0)
 
 
 # ---- collapsed embeddings: the worst DBI and ratio, not the best -------------------------

@@ -1,4 +1,4 @@
-"""Every notebook executes top to bottom on a tiny run."""
+"""Every notebook executes top to bottom on the suite's shared digits run."""
 
 from pathlib import Path
 
@@ -11,9 +11,8 @@ NOTEBOOKS = sorted((Path(__file__).parent.parent / "notebooks").glob("*.ipynb"))
 
 @pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
-def test_notebook_executes(path, tmp_path, monkeypatch):
-    monkeypatch.setenv("JACOSR_WORKDIR", str(tmp_path / "run"))
-    monkeypatch.setenv("JACOSR_STEPS", "200")
+def test_notebook_executes(path, tmp_path, monkeypatch, digits_run):
+    monkeypatch.setenv("JACOSR_WORKDIR", str(digits_run[0]))
     monkeypatch.setenv("MPLBACKEND", "Agg")
     nb = nbformat.read(path, as_version=4)
     NotebookClient(

@@ -137,42 +137,59 @@ def test_openmax_activations_shift_rows_to_zero_minimum():
     np.testing.assert_allclose(a, [[0.0, 2.0, 1.0]])
 
 
-def _tiny_f():
-    """``f: [3, 2, 2] -> [5]``, a smooth two-layer net."""
-    w1 = jax.random.normal(jax.random.key(0), (7, 12))
-    w2 = jax.random.normal(jax.random.key(1), (5, 7))
-    return lambda x: w2 @ jnp.tanh(w1 @ x.reshape(-1) + 0.1)
+def _tiny(p: dict, x: jax.Array) -> jax.Array:
+    """``f(params, x: [3, 2, 2]) -> [5]``, a smooth two-layer net."""
+    return p["w2"] @ jnp.tanh(p["w1"] @ x.reshape(-1) + 0.1)
+
+
+def _tiny_params() -> dict:
+    rng = np.random.default_rng(0)
+    return {"w1": rng.normal(size=(7, 12)), "w2": rng.normal(size=(5, 7))}
+
+
+def _inputs(seed: int, n: int) -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=(n, 3, 2, 2)).astype(np.float32)
 
 
 def test_jacobian_score_against_dense_jacfwd():
-    f = _tiny_f()
-    xs = jax.random.normal(jax.random.key(2), (4, 3, 2, 2))
-    dense = [np.linalg.norm(jax.jacfwd(f)(x).reshape(5, -1)) for x in xs]
-    np.testing.assert_allclose(score_jacobian(f, np.asarray(xs)), dense, rtol=1e-5)
+    params, xs = _tiny_params(), _inputs(2, 4)
+    jacobians = jax.jit(jax.vmap(jax.jacfwd(lambda x: _tiny(params, x))))(xs)
+    dense = np.linalg.norm(np.asarray(jacobians).reshape(4, -1), axis=1)
+    np.testing.assert_allclose(score_jacobian(_tiny, xs, params=params), dense, rtol=1e-5)
 
 
 def test_stochastic_jacobian_score_is_exact_with_a_full_rank_sketch():
     # XNysTrace with as many probes as the output dimension reconstructs J J^T exactly.
-    f = _tiny_f()
-    xs = np.asarray(jax.random.normal(jax.random.key(3), (4, 3, 2, 2)))
-    got = score_jacobian_stochastic(f, xs, jax.random.key(0), estimator="xnystrace", num_probes=5)
-    np.testing.assert_allclose(got, score_jacobian(f, xs), rtol=1e-3)
+    params, xs, key = _tiny_params(), _inputs(3, 4), jax.random.key(0, impl="rbg")
+    got = score_jacobian_stochastic(
+        _tiny, xs, key, params=params, estimator="xnystrace", num_probes=5
+    )
+    np.testing.assert_allclose(got, score_jacobian(_tiny, xs, params=params), rtol=1e-3)
 
 
 def test_registry_builds_scorers_from_the_context():
-    f = _tiny_f()
+    params = _tiny_params()
     rng = np.random.default_rng(4)
     emb = rng.normal(size=(40, 5))
     labels = np.arange(40) % 2
     logits = np.stack([emb[:, 0] * (1 - 2 * labels), -emb[:, 0] * (1 - 2 * labels)], 1)
     train = Outputs(emb, np.abs(logits) * np.where(labels[:, None] == [0, 1], 1, -1))
-    ctx = ScoreContext(LossConfig(loss="sce"), ScoreConfig(), f, train, labels)
-    x = np.asarray(jax.random.normal(jax.random.key(5), (3, 3, 2, 2)))
+    ctx = ScoreContext(
+        LossConfig(loss="sce"),
+        ScoreConfig(),
+        embedding_apply=_tiny,
+        model_state=params,
+        train=train,
+        train_labels=labels,
+    )
+    x = _inputs(5, 3)
     out = Outputs(rng.normal(size=(3, 5)), rng.normal(size=(3, 2)))
     for name, spec in SCORES.items():
         scores = spec.make(ctx)(out, x)
         assert scores.shape == (3,) and np.all(np.isfinite(scores)), name
-    np.testing.assert_allclose(SCORES["jacobian"].make(ctx)(out, x), score_jacobian(f, x))
+    np.testing.assert_allclose(
+        SCORES["jacobian"].make(ctx)(out, x), score_jacobian(_tiny, x, params=params)
+    )
     means = class_means(emb, labels, 2)
     np.testing.assert_allclose(
         SCORES["max_cosine"].make(ctx)(out, x), score_max_cosine(out.embedding, means)

@@ -38,7 +38,8 @@ from pathlib import Path
 from typing import NamedTuple
 
 from jacosr.evaluate import EvalConfig
-from jacosr.experiments.grid import seed_table, table_main
+from jacosr.experiments.command import Command
+from jacosr.experiments.grid import TABLE_FILES, seed_table, table_summary
 from jacosr.train import PAPER_SELF_SUP, TrainConfig
 
 COLUMNS = {
@@ -155,23 +156,20 @@ def run(config: AblationConfig, workdir: Path, *, overwrite: bool = False) -> di
     )
 
 
-@dataclass(frozen=True)
-class AblationArgs:
-    """Table III's ablation (OvR, N, m, W, A, S) on digits, mean ± std over seeds.
-
-    Attributes:
-      config: the ablation.
-      workdir: where table.md, table.json, table.png and the runs (runs/) go.
-      overwrite: delete an ablation with a different config in workdir instead of refusing.
-    """
-
-    config: AblationConfig = field(default_factory=AblationConfig)
-    workdir: Path = Path("runs/ablation")
-    overwrite: bool = False
+COMMAND = Command(
+    module=__name__,
+    config=AblationConfig,
+    run=run,
+    workdir="runs/ablation",
+    description="Table III's ablation (OvR, N, m, W, A, S) on digits, mean ± std over seeds.",
+    outputs=TABLE_FILES,
+    runs="the runs (runs/)",
+    summary=table_summary,
+)
 
 
 def main(args: list[str] | None = None) -> dict:
-    return table_main(AblationArgs, run, args)
+    return COMMAND.main(args)
 
 
 if __name__ == "__main__":

@@ -19,14 +19,16 @@ import numpy as np
 from matplotlib.figure import Figure
 from tqdm.auto import tqdm
 
-from jacosr.config import cli, to_dict
+from jacosr.config import to_dict
 from jacosr.evaluate import EvalConfig
 from jacosr.plots import plot_summary
-from jacosr.train import TrainConfig, resolve_techniques, run
+from jacosr.train import ResolvedTrainConfig, TrainConfig, resolve, run
 from jacosr.workdir import open_workdir
 
 # A table column: its header and the path of keys to its value in a run's results.json.
 Columns = Mapping[str, tuple[str, ...]]
+TABLE_FILES = ("table.md", "table.json", "table.png")
+"""What a table experiment writes in its workdir besides ``config.json`` and its runs."""
 
 
 def seed_grid(rows: Mapping[str, TrainConfig], seeds: int) -> dict[str, TrainConfig]:
@@ -40,12 +42,12 @@ def seed_grid(rows: Mapping[str, TrainConfig], seeds: int) -> dict[str, TrainCon
     }
 
 
-def _finished(run_dir: Path, config: TrainConfig, evaluation: EvalConfig) -> dict | None:
+def _finished(run_dir: Path, config: ResolvedTrainConfig, evaluation: EvalConfig) -> dict | None:
     path = run_dir / "results.json"
     if not path.exists():
         return None
     results = json.loads(path.read_text())
-    same = results.get("config") == to_dict(resolve_techniques(config))
+    same = results.get("config") == to_dict(config)
     return results if same and results.get("eval") == to_dict(evaluation) else None
 
 
@@ -58,14 +60,16 @@ def run_grid(
 ) -> dict[str, dict]:
     """Train and evaluate each named config in ``workdir/<name>``; return name -> results.
 
-    A run whose ``results.json`` holds the same config and evaluation is not touched; any other
+    Each config is resolved (:func:`jacosr.train.resolve`) once, here. A run whose
+    ``results.json`` holds the same resolved config and evaluation is not touched; any other
     run is (re)started through :func:`jacosr.train.run`, which resumes from its checkpoints and
     refuses a workdir that holds a different config.
     """
     results = {}
     bar = tqdm(configs.items(), desc="runs", unit="run", disable=not progress)
-    for name, config in bar:
+    for name, given in bar:
         bar.set_postfix_str(name)
+        config = resolve(given)
         run_dir = Path(workdir) / name
         results[name] = _finished(run_dir, config, evaluation) or run(
             config, run_dir, evaluation, progress=False
@@ -165,18 +169,10 @@ def seed_table(
         return {"summary": summary, "markdown": markdown}
 
 
-TABLE_FILES = ("table.md", "table.json", "table.png")
-
-
-def table_main(args_type: type, run_table, args: list[str] | None) -> dict:
-    """The command line of a table experiment: parse ``args_type`` (with fields ``config``,
-    ``workdir``, ``overwrite``), call ``run_table``, print the Markdown and the files written."""
-    parsed = cli(args_type, args=args)
-    result = run_table(parsed.config, parsed.workdir, overwrite=parsed.overwrite)
-    print(result["markdown"])
-    for name in TABLE_FILES:
-        print(f"wrote {parsed.workdir / name}")
-    return result
+def table_summary(result: dict) -> str:
+    """What a table experiment's command prints (:class:`~jacosr.experiments.command.Command`'s
+    ``summary``): its Markdown table."""
+    return result["markdown"]
 
 
 def write_table(

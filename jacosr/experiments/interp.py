@@ -28,10 +28,11 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from jacosr import jacobian
-from jacosr.config import cli, require, to_dict
+from jacosr.config import require, to_dict
 from jacosr.data import OpenSetData, load_open_set, to_float
-from jacosr.metrics import metric_auroc
-from jacosr.models import embedding_fn
+from jacosr.experiments.command import Command
+from jacosr.metrics import metric_auroc, metric_jacobian_norm_difference
+from jacosr.models import embedding_apply
 from jacosr.plots import plot_norm_histograms, plot_path_profiles
 from jacosr.train import TrainConfig, fit, init_train_state
 from jacosr.workdir import open_workdir
@@ -110,41 +111,47 @@ def sample_path_ends(
     return x[i0], x[i1], classes
 
 
-def _norms(f, xs, config: InterpConfig, key) -> np.ndarray:
-    xs = np.asarray(to_float(xs))
+def _norms(f, params, xs: np.ndarray, config: InterpConfig, key) -> np.ndarray:
+    """``||J||_F`` of ``f(params, .)`` per sample: exact, or the square root of the estimate."""
     if config.estimator == "exact":
-        return np.asarray(jacobian.jacobian_norms(f, xs))
+        return jacobian.jacobian_norms(f, xs, params=params)
     sq, _ = jacobian.estimate_sqnorms(
-        f, xs, key, estimator=config.estimator, num_probes=config.num_probes, probes=config.probes
+        f,
+        xs,
+        key,
+        params=params,
+        estimator=config.estimator,
+        num_probes=config.num_probes,
+        probes=config.probes,
     )
-    return np.sqrt(np.maximum(np.asarray(sq), 0.0))  # NaN stays NaN
+    return np.sqrt(np.maximum(sq, 0.0))  # NaN stays NaN
 
 
-def analyse(f, data: OpenSetData, ends, ts: np.ndarray, config: InterpConfig, key) -> dict:
-    """Norms of known and unknown test images, the path profile and the path lengths of ``f``.
+def analyse(f, params, data: OpenSetData, ends, ts: np.ndarray, config: InterpConfig, key) -> dict:
+    """Norms of known and unknown test images, the path profile and the path lengths of the
+    embedding ``f(params, x)`` (:func:`jacosr.models.embedding_apply`).
 
     The known, unknown and path points go through the Jacobian engine as one batch: one set of
-    compiled chunks per model instead of one per kind of input."""
-    k_norms, _, _, k_boot = jax.random.split(key, 4)  # k_boot as before: the same intervals
+    compiled chunks for every kind of input; and as the parameters are traced, for every state
+    of the architecture (the analysis after training compiles nothing)."""
     x0s, x1s = (np.asarray(to_float(x)) for x in ends[:2])
-    points = np.asarray(jacobian.path_points(x0s, x1s, ts))
+    points = jacobian.path_points(x0s, x1s, ts)
     parts = (
-        to_float(data.known_test.x),
-        to_float(data.unknown_test.x),
+        np.asarray(to_float(data.known_test.x)),
+        np.asarray(to_float(data.unknown_test.x)),
         points.reshape(-1, *points.shape[2:]),
     )
-    norms = _norms(f, np.concatenate([np.asarray(p) for p in parts]), config, k_norms)
+    norms = _norms(f, params, np.concatenate(parts), config, key)
     known, unknown, profile = np.split(norms, np.cumsum([len(p) for p in parts[:2]]))
-    profile = profile.reshape(points.shape[:2])
-    jnd, lo, hi = jacobian.norm_difference(
-        known, unknown, k_boot, num_resamples=config.num_resamples
+    jnd = metric_jacobian_norm_difference(
+        known, unknown, num_resamples=config.num_resamples, seed=config.analysis_seed
     )
     return {
         "known": known,
         "unknown": unknown,
-        "profile": profile,
-        "path_length": np.asarray(jacobian.path_length(f, x0s, x1s)),
-        "jnd": (float(jnd), float(lo), float(hi)),
+        "profile": profile.reshape(points.shape[:2]),
+        "path_length": jacobian.path_length(f, x0s, x1s, params=params),
+        "jnd": jnd,
     }
 
 
@@ -153,7 +160,7 @@ def _summary(a: dict, ts: np.ndarray) -> dict:
     return {
         "mean_norm_known": float(a["known"].mean()),
         "mean_norm_unknown": float(a["unknown"].mean()),
-        "jacobian_norm_difference": dict(zip(("estimate", "low", "high"), a["jnd"], strict=True)),
+        "jacobian_norm_difference": a["jnd"]._asdict(),
         "auroc_jacobian_norm": metric_auroc(a["known"], a["unknown"]),
         "mean_path_length": float(a["path_length"].mean()),
         "path_profile": {
@@ -181,22 +188,24 @@ def run(config: InterpConfig, workdir: Path, *, overwrite: bool = False) -> dict
         workdir = opened.path
         data = load_open_set(config.train.data)
         graphdef, initial = init_train_state(config.train, data)
+        f = embedding_apply(graphdef)
         if config.estimator != "exact":
             jacobian.check_estimator(
-                embedding_fn(graphdef, initial.model),
+                f,
                 to_float(data.known_test.x[0]),
+                params=initial.model,
                 estimator=config.estimator,
                 num_probes=config.num_probes,
                 probes=config.probes,
             )
-        graphdef, trained = fit(config.train, data, workdir / "train")
+        _, trained = fit(config.train, data, workdir / "train")  # the same architecture
         ends = sample_path_ends(data, config.num_paths, config.analysis_seed)
         ts = np.linspace(0.0, 1.0, config.num_points)
         key = jax.random.key(config.analysis_seed)
         stages = {"before training": initial.model, "after training": trained}
         analyses = {}
         for name, state in tqdm(stages.items(), desc="jacobian norms", unit="model"):
-            analyses[name] = analyse(embedding_fn(graphdef, state), data, ends, ts, config, key)
+            analyses[name] = analyse(f, state, data, ends, ts, config, key)
 
         results = {
             "config": to_dict(config),
@@ -213,35 +222,36 @@ def run(config: InterpConfig, workdir: Path, *, overwrite: bool = False) -> dict
         return results
 
 
-@dataclass(frozen=True)
-class InterpArgs:
-    """Jacobian norms of known and unknown samples before/after training, and along paths.
-
-    Attributes:
-      config: the experiment.
-      workdir: where results.json, hist.png, interp.png and the trained model (train/) go.
-      overwrite: delete a run with a different config in workdir instead of refusing.
-    """
-
-    config: InterpConfig = field(default_factory=InterpConfig)
-    workdir: Path = Path("runs/interp")
-    overwrite: bool = False
-
-
-def main(args: list[str] | None = None) -> dict:
-    parsed = cli(InterpArgs, args=args)
-    results = run(parsed.config, parsed.workdir, overwrite=parsed.overwrite)
+def format_summary(results: dict) -> str:
+    """One line per stage: mean norms, the Jacobian norm difference and the norm's AUROC."""
+    lines = []
     for stage in ("before_training", "after_training"):
         r = results[stage]
         jnd = r["jacobian_norm_difference"]
-        print(
+        lines.append(
             f"{stage.replace('_', ' ')}: mean norm known {r['mean_norm_known']:.4g}, "
             f"unknown {r['mean_norm_unknown']:.4g}; JND {jnd['estimate']:.4g} "
             f"[{jnd['low']:.4g}, {jnd['high']:.4g}]; AUROC(norm) {r['auroc_jacobian_norm']:.4f}"
         )
-    for name in ("results.json", "hist.png", "interp.png"):
-        print(f"wrote {parsed.workdir / name}")
-    return results
+    return "\n".join(lines)
+
+
+COMMAND = Command(
+    module=__name__,
+    config=InterpConfig,
+    run=run,
+    workdir="runs/interp",
+    description=(
+        "Jacobian norms of known and unknown samples before/after training, and along paths."
+    ),
+    outputs=("results.json", "hist.png", "interp.png"),
+    runs="the trained model (train/)",
+    summary=format_summary,
+)
+
+
+def main(args: list[str] | None = None) -> dict:
+    return COMMAND.main(args)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from jacosr.evaluate import EvalConfig
-from jacosr.experiments.grid import seed_table, table_main
+from jacosr.experiments.command import Command
+from jacosr.experiments.grid import TABLE_FILES, seed_table, table_summary
 from jacosr.losses import loss_spec
 from jacosr.train import TrainConfig
 
@@ -82,23 +83,20 @@ def run(config: LossesTableConfig, workdir: Path, *, overwrite: bool = False) ->
     )
 
 
-@dataclass(frozen=True)
-class LossesTableArgs:
-    """Accuracy and AUROC (loss score, MSP) of every loss, mean ± std over seeds.
-
-    Attributes:
-      config: the table.
-      workdir: where table.md, table.json, table.png and the runs (runs/) go.
-      overwrite: delete a table with a different config in workdir instead of refusing.
-    """
-
-    config: LossesTableConfig = field(default_factory=LossesTableConfig)
-    workdir: Path = Path("runs/losses_table")
-    overwrite: bool = False
+COMMAND = Command(
+    module=__name__,
+    config=LossesTableConfig,
+    run=run,
+    workdir="runs/losses_table",
+    description="Accuracy and AUROC (loss score, MSP) of every loss, mean ± std over seeds.",
+    outputs=TABLE_FILES,
+    runs="the runs (runs/)",
+    summary=table_summary,
+)
 
 
 def main(args: list[str] | None = None) -> dict:
-    return table_main(LossesTableArgs, run, args)
+    return COMMAND.main(args)
 
 
 if __name__ == "__main__":

@@ -29,12 +29,13 @@ from pathlib import Path
 from jacosr.config import to_dict
 from jacosr.data import BENCHMARKS, protocol_a_config
 from jacosr.evaluate import EvalConfig
+from jacosr.experiments.command import Command
 from jacosr.experiments.grid import (
     TABLE_FILES,
     markdown_table,
     run_grid,
     summarise,
-    table_main,
+    table_summary,
     write_table,
 )
 from jacosr.models import ModelConfig
@@ -125,23 +126,20 @@ def run(config: ProtocolAConfig, workdir: Path, *, overwrite: bool = False) -> d
         return {"summary": summary, "markdown": markdown}
 
 
-@dataclass(frozen=True)
-class ProtocolAArgs:
-    """Protocol A: train on each standard split, report ACC, AUROC and OSCR (Table I).
-
-    Attributes:
-      config: the protocol.
-      workdir: where table.md, table.json, table.png and the runs (runs/) go.
-      overwrite: delete a table with a different config in workdir instead of refusing.
-    """
-
-    config: ProtocolAConfig = field(default_factory=ProtocolAConfig)
-    workdir: Path = Path("runs/protocol_a")
-    overwrite: bool = False
+COMMAND = Command(
+    module=__name__,
+    config=ProtocolAConfig,
+    run=run,
+    workdir="runs/protocol_a",
+    description="Protocol A: train on each standard split, report ACC, AUROC and OSCR (Table I).",
+    outputs=TABLE_FILES,
+    runs="the runs (runs/)",
+    summary=table_summary,
+)
 
 
 def main(args: list[str] | None = None) -> dict:
-    return table_main(ProtocolAArgs, run, args)
+    return COMMAND.main(args)
 
 
 if __name__ == "__main__":

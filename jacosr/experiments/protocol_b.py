@@ -30,10 +30,17 @@ from jacosr.config import to_dict
 from jacosr.data import load_open_set, protocol_b_config
 from jacosr.data.folders import OOD_FOLDERS
 from jacosr.evaluate import EvalConfig, evaluate
-from jacosr.experiments.grid import TABLE_FILES, markdown_table, summarise, table_main, write_table
+from jacosr.experiments.command import Command
+from jacosr.experiments.grid import (
+    TABLE_FILES,
+    markdown_table,
+    summarise,
+    table_summary,
+    write_table,
+)
 from jacosr.models import ModelConfig
 from jacosr.plots import plot_summary
-from jacosr.train import TrainConfig, fit, resolve_techniques
+from jacosr.train import TrainConfig, fit
 from jacosr.workdir import open_workdir
 
 
@@ -60,19 +67,17 @@ class ProtocolBConfig:
 
 
 def ood_config(config: ProtocolBConfig, ood: str, seed: int) -> TrainConfig:
-    """The (resolved) training config of ``seed`` with the unknowns of ``ood``."""
+    """The training config of ``seed`` with the unknowns of ``ood``."""
     data = config.train.data
-    return resolve_techniques(
-        dataclasses.replace(
-            config.train,
-            seed=seed,
-            data=protocol_b_config(
-                ood,
-                data_dir=data.data_dir,
-                split_seed=data.split_seed,
-                val_fraction=data.val_fraction,
-            ),
-        )
+    return dataclasses.replace(
+        config.train,
+        seed=seed,
+        data=protocol_b_config(
+            ood,
+            data_dir=data.data_dir,
+            split_seed=data.split_seed,
+            val_fraction=data.val_fraction,
+        ),
     )
 
 
@@ -116,23 +121,22 @@ def run(config: ProtocolBConfig, workdir: Path, *, overwrite: bool = False) -> d
         return {"summary": summary, "markdown": markdown}
 
 
-@dataclass(frozen=True)
-class ProtocolBArgs:
-    """Protocol B: CIFAR10 known, ImageNet/LSUN crop/resize unknown, macro-F1 (Table II).
-
-    Attributes:
-      config: the protocol.
-      workdir: where table.md, table.json, table.png and the models (seed<i>/) go.
-      overwrite: delete a run with a different config in workdir instead of refusing.
-    """
-
-    config: ProtocolBConfig = field(default_factory=ProtocolBConfig)
-    workdir: Path = Path("runs/protocol_b")
-    overwrite: bool = False
+COMMAND = Command(
+    module=__name__,
+    config=ProtocolBConfig,
+    run=run,
+    workdir="runs/protocol_b",
+    description=(
+        "Protocol B: CIFAR10 known, ImageNet/LSUN crop/resize unknown, macro-F1 (Table II)."
+    ),
+    outputs=TABLE_FILES,
+    runs="the models (seed<i>/)",
+    summary=table_summary,
+)
 
 
 def main(args: list[str] | None = None) -> dict:
-    return table_main(ProtocolBArgs, run, args)
+    return COMMAND.main(args)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from jacosr.models.net import (
     OpenSetNet,
     Outputs,
     apply_model,
+    embedding_apply,
     embedding_fn,
     split_model,
 )
@@ -33,6 +34,7 @@ __all__ = [
     "ResNet18",
     "apply_model",
     "conv2d",
+    "embedding_apply",
     "embedding_fn",
     "split_model",
     "unit_normalise",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import NamedTuple
 
 import jax
@@ -157,14 +158,35 @@ def apply_model(
     return out, nnx.state(model, nnx.BatchStat)
 
 
-def embedding_fn(graphdef: nnx.GraphDef, state: ModelState) -> Callable[[jax.Array], jax.Array]:
-    """The representation as a pure function of ONE unbatched input, in eval mode.
+@dataclass(frozen=True)
+class _EmbeddingApply:
+    """``f(state, x) -> z`` of one architecture; equal (and of equal hash) for equal graphdefs,
+    so that jit's caches, keyed on static arguments, serve every model of the architecture."""
 
-    ``f(x: [H, W, C]) -> [D]``, with BatchNorm running statistics and no dropout: the function
-    the Jacobian engine (:mod:`jacosr.jacobian`) differentiates.
+    graphdef: nnx.GraphDef
+
+    def __call__(self, state: ModelState, x: jax.Array) -> jax.Array:
+        return apply_model(self.graphdef, state, x[None], train=False)[0].embedding[0]
+
+
+def embedding_apply(graphdef: nnx.GraphDef) -> Callable[[ModelState, jax.Array], jax.Array]:
+    """The representation as a pure function of the model's arrays and ONE unbatched input.
+
+    ``f(state: ModelState, x: [H, W, C]) -> [D]``, in eval mode (BatchNorm running statistics,
+    no dropout): what the Jacobian engine differentiates with respect to ``x``, with the state
+    as a traced argument, ``jacobian.jacobian_norms(embedding_apply(graphdef), xs,
+    params=state)``. Two calls with equal graphdefs (the same architecture) give equal
+    functions, so the engine's compiled programs serve every state of the architecture
+    without tracing or compiling again (checkpoints, before and after training).
     """
+    return _EmbeddingApply(graphdef)
 
-    def f(x: jax.Array) -> jax.Array:
-        return apply_model(graphdef, state, x[None], train=False)[0].embedding[0]
 
-    return f
+def embedding_fn(graphdef: nnx.GraphDef, state: ModelState) -> Callable[[jax.Array], jax.Array]:
+    """The representation of one model state as a pure function of ONE unbatched input.
+
+    ``f(x: [H, W, C]) -> [D]`` = ``embedding_apply(graphdef)(state, x)``, eval mode. Handy for
+    a single state; the Jacobian engine compiles it with the state's arrays as constants, so
+    for several states pass ``embedding_apply(graphdef)`` and ``params=state`` instead.
+    """
+    return partial(embedding_apply(graphdef), state)
