@@ -17,6 +17,7 @@ import re
 import sys
 import types
 import typing
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -83,11 +84,14 @@ def from_dict(cls: type[T], data: dict) -> T:
 XLA_CPU_FLAGS = ("--xla_cpu_enable_concurrency_optimized_scheduler=false",)
 """XLA flags every jacosr entry point sets (:func:`configure_xla`).
 
-XLA CPU's concurrency-optimised scheduler (on by default in jax 0.10) deadlocks on the
-XNysTrace estimator's kernel, whose batched QR and eigh run beside the network's matrix
-products: at 16 probes and 256 samples of the digits MLP, 2 cores, about half of the runs hung
-for good at 0% CPU; with the scheduler off, 10 runs of 10 finished, and the exact VGG32 norms
-ran as fast as before (2.6-3.3 samples/s either way)."""
+XLA CPU's concurrency-optimised scheduler (on by default in jax 0.10) runs independent
+operations of one program side by side, independent batched LAPACK calls included. In jaxlib
+0.10 each such call parks its pool thread until the rest of XLA's CPU pool has run its batch,
+so two at once on two cores park the whole pool and hang for good (see
+:data:`jacosr.jacobian.driver.CPU_WORKERS`). jacosr's own kernels order their LAPACK calls and
+run such programs one at a time, so they no longer need this flag; it stays as a guard for a
+user's ``f`` with independent linear algebra inside, and costs nothing measurable (exact VGG32
+norms ran at 2.6-3.3 samples/s either way)."""
 
 
 def configure_xla() -> None:
@@ -173,6 +177,10 @@ def _one_line(err: BaseException) -> str:
     return message or type(err).__name__
 
 
+def _show_warning_in_one_line(message, category, filename, lineno, file=None, line=None):
+    print(f"warning: {_one_line(message)}", file=file or sys.stderr)
+
+
 def run_command(main: Callable[[list[str]], object], argv: Sequence[str] | None = None) -> None:
     """Run a command's ``main(argv)`` the way the command line should see it.
 
@@ -187,13 +195,19 @@ def run_command(main: Callable[[list[str]], object], argv: Sequence[str] | None 
       exits with :data:`EXIT_ERROR`; Ctrl-C prints ``error: interrupted; re-run the same
       command to resume`` and exits with :data:`EXIT_INTERRUPTED` (runs checkpoint, and
       re-running resumes);
-    - any other exception is a bug: it keeps its traceback (status 1).
+    - any other exception is a bug: it keeps its traceback (status 1);
+    - without ``--debug``, a warning (a damaged checkpoint skipped, results that could not be
+      written) is one line too, ``warning: <message>``, instead of Python's two-line format
+      that quotes the library's source line.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = DEBUG_FLAG in argv or os.environ.get(DEBUG_ENV, "") not in ("", "0")
     argv = [a for a in argv if a != DEBUG_FLAG]
     try:
-        main(argv)
+        with warnings.catch_warnings():
+            if not debug:
+                warnings.showwarning = _show_warning_in_one_line
+            main(argv)
     except KeyboardInterrupt:
         if debug:
             raise

@@ -4,6 +4,7 @@ config value and its message, the JSON round trip, and ``run_command``'s one-lin
 import errno
 import math
 import os
+import warnings
 
 import pytest
 
@@ -268,3 +269,19 @@ def test_success_returns_and_reads_sys_argv_by_default(monkeypatch):
     seen = []
     run_command(seen.append)
     assert seen == [["--x", "1"]]
+
+
+def test_a_warning_is_one_line_unless_debug(capsys, monkeypatch):
+    monkeypatch.delenv(DEBUG_ENV, raising=False)
+
+    def main(argv):
+        warnings.warn("checkpoint 9 is damaged\n(its data do not match)", UserWarning, stacklevel=1)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        run_command(main, [])
+        assert capsys.readouterr().err == (
+            "warning: checkpoint 9 is damaged (its data do not match)\n"
+        )
+        with pytest.warns(UserWarning, match="damaged"):
+            run_command(main, ["--debug"])
