@@ -7,15 +7,19 @@ Command (from the repository root)::
     python benchmarks/jacobian.py --sizes gpu --nets vgg32  # on one GPU (benchmarks/gpu.sh)
 
 ``--nets``, ``--groups`` and ``--allocators`` pick a subset; ``--sizes`` the samples per row.
+LeNet's exact rows alone (about 1 min per allocator)::
 
-Prints one table. Rows, for (a) the digits MLP (8x8x1 -> 128) and (b) VGG32 (classifier32 on
-32x32x3, d_z = 128), both at random init (``jacosr.models``, eval mode, ``embedding_apply``):
+    .venv/bin/python benchmarks/jacobian.py --nets lenet --groups exact_reverse exact_forward
+
+Prints one table. Rows, for (a) the digits MLP (8x8x1 -> 128), (b) VGG32 (classifier32 on
+32x32x3, d_z = 128) and (c) LeNet on MNIST-shaped 32x32x1 inputs (d = 1024, d_z = 128; exact
+rows only), all at random init (``jacosr.models``, eval mode, ``embedding_apply``):
 exact reverse and forward mode (:func:`jacosr.jacobian.jacobian_norms`), every stochastic
 estimator (:func:`jacosr.jacobian.estimate_sqnorms`) at k = 1, 4, 16 probes, and -- when
 ``torch`` is importable (optional, not a dependency) -- ``torch.func.vmap(jacrev)`` (and
 ``vmap(jacfwd)`` on the MLP) and a per-sample ``torch.autograd`` loop on the same architecture
 and weights (copied from the NNX model), so the JAX / PyTorch ratio comes from one run; torch
-runs on CUDA when it sees a GPU. (c) ``mlp-trained``: the interp experiment's trained model
+runs on CUDA when it sees a GPU. (d) ``mlp-trained``: the interp experiment's trained model
 (digits MLP, m-OvR, 2000 steps, trained once by the parent before the rows) on the digits
 test images, exact and stochastic rows only: a trained network's Jacobian has a lower
 effective rank than a random one's, which changes the estimators' errors.
@@ -23,7 +27,14 @@ effective rank than a random one's, which changes the estimators' errors.
 Columns: samples/s (wall), CPU seconds per sample (all threads; steadier than wall time when
 other jobs share the machine), peak RSS during the row, and the median and 90th percentile of
 ``| estimate - exact | / exact`` for the norm ``||J||_F`` against exact reverse mode (for the
-stochastic rows the estimate is ``sqrt`` of the unbiased estimate of ``||J||_F^2``).
+stochastic rows the estimate is ``sqrt`` of the unbiased estimate of ``||J||_F^2``). The exact
+rows also give their FLOPs and how close they come to the machine's peak: ``GFLOP/sample`` is
+XLA's count (``cost_analysis``) of the one-sample exact program (the forward pass and d_z VJPs
+in reverse mode, d JVPs in forward mode; the chunked programs the driver runs recompute the
+forward pass once per basis block, which is not counted); ``% peak`` is the achieved FLOP rate
+against a float32 2048x2048 matrix product timed in the same process just before the row, by
+wall time and, in brackets, by CPU time (FLOP per CPU-second of each; steadier when other jobs
+share the cores, blind to idle cores).
 
 Each allocator (glibc malloc; jemalloc by ``LD_PRELOAD`` of Debian's ``libjemalloc2``, when
 installed, configured as ``benchmarks/allocators.py`` says) runs the whole set; each row group
@@ -75,6 +86,8 @@ class Sizes:
     mlp_batches: tuple[int, ...] = (32, 1024)
     vgg_batch: int = 16
     vgg_forward_batch: int = 1
+    lenet_batch: int = 64
+    lenet_forward_batch: int = 2
     vgg_torch_vmap_batch: int = 8
     vgg_torch_loop_batch: int = 2
     min_seconds: float = 2.0
@@ -83,12 +96,21 @@ class Sizes:
 
 SIZES = {
     "full": Sizes(),
-    "quick": Sizes(vgg_batch=8, vgg_forward_batch=0, vgg_torch_loop_batch=1, min_seconds=1.0),
+    "quick": Sizes(
+        vgg_batch=8,
+        vgg_forward_batch=0,
+        vgg_torch_loop_batch=1,
+        lenet_batch=32,
+        lenet_forward_batch=0,
+        min_seconds=1.0,
+    ),
     # One GPU: batches that fill it, and only the estimator the README recommends.
     "gpu": Sizes(
         mlp_batches=(1024, 4096),
         vgg_batch=512,
         vgg_forward_batch=64,
+        lenet_batch=4096,
+        lenet_forward_batch=64,
         vgg_torch_vmap_batch=64,
         vgg_torch_loop_batch=64,
         stochastic=(("hutchinson", "output", "rademacher"),),
@@ -152,7 +174,7 @@ def measure(run, batch: int, min_seconds: float, warm=None) -> dict:
 def build(net: str, sizes: Sizes):
     """``(model, f, state, xs)``: random-init model, its eval-mode ``f(state, x) -> [128]``
     and state (the engine's ``params``), and as many inputs as ``sizes``' largest batch
-    (digits repeated past the 1797 there are)."""
+    (digits repeated past the 1797 there are; uniform noise for VGG32 and LeNet)."""
     import jax
     from flax import nnx
 
@@ -173,6 +195,10 @@ def build(net: str, sizes: Sizes):
         digits = load_digits().images.astype(np.float32)
         n = max(sizes.mlp_batches)
         xs = (np.resize(digits, (n, 8, 8))[..., None] / 8.0 - 1.0).astype(np.float32)
+    elif net == "lenet":
+        shape, config = (32, 32, 1), ModelConfig(backbone="lenet", embed_dim=128, width=256)
+        n = max(sizes.lenet_batch, sizes.lenet_forward_batch)
+        xs = np.random.default_rng(0).uniform(-1, 1, (n, *shape)).astype(np.float32)
     else:
         shape, config = (32, 32, 3), ModelConfig(backbone="vgg32", embed_dim=128)
         n = max(sizes.vgg_batch, sizes.vgg_torch_vmap_batch, sizes.vgg_torch_loop_batch)
@@ -229,21 +255,65 @@ def torch_twin(model, net: str, device):
 # Row groups (each a child process)
 
 
+def matmul_peak(n: int = 2048, min_seconds: float = 1.0) -> tuple[float, float]:
+    """The reference of the exact rows' ``% peak``: FLOP/s of XLA's float32 ``n x n`` matrix
+    product on the default device, by wall time and per CPU-second of this process."""
+    import jax
+    import jax.numpy as jnp
+
+    a = jnp.ones((n, n), jnp.float32)
+    product = jax.jit(lambda a: a @ a).lower(a).compile()
+    product(a).block_until_ready()
+    calls, wall, cpu = 0, time.perf_counter(), time.process_time()
+    while calls == 0 or time.perf_counter() - wall < min_seconds:
+        product(a).block_until_ready()
+        calls += 1
+    flops = 2 * n**3 * calls
+    return flops / (time.perf_counter() - wall), flops / (time.process_time() - cpu)
+
+
+def exact_flops(f, state, x, mode: str) -> float:
+    """XLA's FLOP count of the exact squared norm of ONE sample ``x`` (the whole basis: the
+    forward pass and d_z VJPs or d JVPs), from the lowered program (nothing is compiled)."""
+    import jax
+
+    from jacosr import jacobian
+
+    kernel = jax.jit(lambda p, xs: jacobian.exact_sqnorms(f, xs, params=p, mode=mode))
+    return float(kernel.lower(state, x[None]).cost_analysis()["flops"])
+
+
+EXACT_BATCHES = {
+    ("mlp", "reverse"): lambda s: s.mlp_batches,
+    ("mlp", "forward"): lambda s: s.mlp_batches,
+    ("mlp-trained", "reverse"): lambda s: s.mlp_batches,
+    ("vgg32", "reverse"): lambda s: (s.vgg_batch,),
+    ("vgg32", "forward"): lambda s: (s.vgg_forward_batch,) if s.vgg_forward_batch else (),
+    ("lenet", "reverse"): lambda s: (s.lenet_batch,),
+    ("lenet", "forward"): lambda s: (s.lenet_forward_batch,) if s.lenet_forward_batch else (),
+}
+
+
 def rows_exact(net: str, mode: str, sizes: Sizes, **_):
     import jax
 
     from jacosr import jacobian
 
     _, f, state, xs = build(net, sizes)
-    batches = (sizes.vgg_batch,) if net == "vgg32" else sizes.mlp_batches
-    if net == "vgg32" and mode == "forward":
-        batches = (sizes.vgg_forward_batch,) if sizes.vgg_forward_batch else ()
-    for b in batches:
+    flops = exact_flops(f, state, xs[0], mode)
+    for b in EXACT_BATCHES[net, mode](sizes):
         run = lambda b=b: jacobian.jacobian_norms(f, xs[:b], params=state, mode=mode)
-        # On CPU VGG32 runs one sample per call, so one sample compiles what the batch uses.
-        one = net == "vgg32" and jax.default_backend() == "cpu"
+        # On CPU the conv nets run one sample per call, so one sample compiles what the batch
+        # uses.
+        one = net in ("vgg32", "lenet") and jax.default_backend() == "cpu"
         warm = (lambda run=run: run(1)) if one else None
+        peak_wall, peak_cpu = matmul_peak()
         row = measure(run, b, sizes.min_seconds, warm)
+        row |= {
+            "gflop_per_sample": flops / 1e9,
+            "peak_wall": flops * row["samples_per_s"] / peak_wall,
+            "peak_cpu": flops / row["cpu_s_per_sample"] / peak_cpu,
+        }
         yield {"method": f"jax exact {mode}", "k": "", "batch": b} | row
 
 
@@ -337,6 +407,7 @@ GROUPS = {
 NETS = {
     "mlp": tuple(GROUPS),
     "vgg32": tuple(GROUPS),
+    "lenet": ("exact_reverse", "exact_forward"),
     "mlp-trained": ("exact_reverse", "stochastic"),
 }
 TRAINED_ENV = "JACOSR_BENCH_TRAINED_WORKDIR"
@@ -422,12 +493,21 @@ def table(results: dict[str, list[dict]]) -> str:
     def cells(key, field, fmt):
         return [fmt.format(keyed[a][key][field]) if key in keyed[a] else "-" for a in names]
 
+    def peak(key):
+        return [
+            f"{keyed[a][key]['peak_wall']:.0%} ({keyed[a][key]['peak_cpu']:.0%})"
+            if "peak_wall" in keyed[a].get(key, {})
+            else "-"
+            for a in names
+        ]
+
     head = (
         ["net", "method", "k", "batch"]
         + [f"samples/s {a}" for a in names]
         + [f"cpu-s/sample {a}" for a in names]
         + [f"peak RSS MB {a}" for a in names]
-        + ["rel.err median", "rel.err p90"]
+        + ["rel.err median", "rel.err p90", "GFLOP/sample"]
+        + [f"% peak {a}" for a in names]
     )
     lines = []
     for key in order:
@@ -443,6 +523,8 @@ def table(results: dict[str, list[dict]]) -> str:
                 *cells(key, "peak_mb", "{:.0f}"),
                 f"{first['err_median']:.2%}",
                 f"{first['err_p90']:.2%}",
+                f"{first['gflop_per_sample']:.3g}" if "gflop_per_sample" in first else "-",
+                *peak(key),
             ]
         )
     widths = [max(len(row[i]) for row in [head, *lines]) for i in range(len(head))]
@@ -454,7 +536,11 @@ def table(results: dict[str, list[dict]]) -> str:
     return "\n".join([fmt(head), rule, *map(fmt, lines)])
 
 
-def machine_notes() -> str:
+def load_average() -> str:
+    return ", ".join(f"{x:.1f}" for x in os.getloadavg())
+
+
+def machine_notes(load_at_start: str) -> str:
     import platform
 
     import jax
@@ -473,10 +559,10 @@ def machine_notes() -> str:
         ),
         platform.processor(),
     )
-    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     return (
         f"machine: {cpu}, {os.cpu_count()} cores; jax {jax.__version__} "
-        f"({jax.default_backend()}); {torch_version}; load average at end {load}"
+        f"({jax.default_backend()}); {torch_version}; load average at start {load_at_start}, "
+        f"at end {load_average()}"
     )
 
 
@@ -502,7 +588,7 @@ def main() -> None:
         child(*args.child, sizes=args.sizes)
         return
     results = {}
-    start = time.perf_counter()
+    start, load_at_start = time.perf_counter(), load_average()
     with tempfile.TemporaryDirectory(prefix="jacobian-bench-") as tmp:
         # The second allocator's processes load the first one's executables from XLA's
         # persistent cache instead of compiling them again (compiles are not timed either way).
@@ -523,7 +609,7 @@ def main() -> None:
             results[name] = rows
     print(table(results))
     print()
-    print(machine_notes())
+    print(machine_notes(load_at_start))
     print(f"benchmark wall time {time.perf_counter() - start:.0f} s")
 
 

@@ -1,1 +1,52 @@
-"""jacosr: open-set recognition by the Jacobian norm of the representation (JAX / Flax NNX)."""
+"""jacosr: open-set recognition by the Jacobian norm of the representation (JAX / Flax NNX).
+
+The flat public API, what a user imports (``from jacosr import MaxSoftmax, open_set_metrics``):
+the detectors (:mod:`jacosr.detectors`), the metrics and the table, the Jacobian engine's two
+drivers, and what loads a run. Each name is imported from its module on first use (PEP 562),
+so that ``import jacosr.data`` or a command does not pay for importing all of them.
+"""
+
+import importlib
+
+# name -> the module that defines it; sorted by name.
+_EXPORTS = {
+    "DETECTORS": "jacosr.detectors",
+    "Detector": "jacosr.detectors",
+    "Energy": "jacosr.detectors",
+    "EvalConfig": "jacosr.evaluate",
+    "JacobianNorm": "jacosr.detectors",
+    "LossConfig": "jacosr.losses",
+    "LossScore": "jacosr.detectors",
+    "MaxCosine": "jacosr.detectors",
+    "MaxLogit": "jacosr.detectors",
+    "MaxSoftmax": "jacosr.detectors",
+    "Network": "jacosr.detectors",
+    "OpenMax": "jacosr.detectors",
+    "ScoreConfig": "jacosr.scores",
+    "StochasticJacobianNorm": "jacosr.detectors",
+    "TrainConfig": "jacosr.train",
+    "embedding_apply": "jacosr.models",
+    "embedding_fn": "jacosr.models",
+    "estimate_sqnorms": "jacosr.jacobian",
+    "format_metrics": "jacosr.evaluate",
+    "format_table": "jacosr.evaluate",
+    "jacobian_norms": "jacosr.jacobian",
+    "load_run": "jacosr.train",
+    "metric_jacobian_norm_difference": "jacosr.metrics",
+    "open_set_metrics": "jacosr.metrics",
+    "threshold_at_reject_rate": "jacosr.metrics",
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'jacosr' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

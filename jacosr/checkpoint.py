@@ -1,10 +1,50 @@
-"""Orbax checkpoints of a run: the state pytree, the run's identity and a checksum, verified.
+"""Orbax checkpoints of a run: the state pytree, the run's identity, the model's inputs and a
+checksum, verified.
 
-Each checkpoint ``<workdir>/checkpoints/<step>`` holds three items: ``state`` (the pytree of
-arrays), ``config`` (the run's identity: the dict of its config, as in ``config.json``) and
-``checksum`` (SHA-256 of the state's bytes, dtypes, shapes and tree paths, taken from the
-in-memory state at save time), and ``sha256.json``, the SHA-256 of every file Orbax wrote for
-them. Saves are synchronous and atomic: Orbax writes into ``<step>.orbax-checkpoint-tmp`` and
+Layout (an Orbax ``CheckpointManager`` directory; every item a plain Orbax item, so a checkpoint
+restores without jacosr, see below)::
+
+    <workdir>/checkpoints/<step>/    one checkpoint; a run keeps its last ``keep_checkpoints``
+      state/        the TrainState pytree (Orbax ``StandardSave``: OCDBT + Zarr array files)
+      config/       JSON: the run's identity, the resolved config as in ``config.json``
+      model/        JSON: what building the network takes besides the config, so that no data
+                    set is needed to restore it: ``{"image_shape": [H, W, C], "num_known": K,
+                    "backbone", "embed_dim", "head", "rotation_head"}`` (checkpoints of runs
+                    older than this item lack it)
+      checksum/     JSON: ``{"sha256": ...}`` of the state (:func:`state_digest`)
+      sha256.json   SHA-256 of every file of the items above (jacosr's verification)
+      _CHECKPOINT_METADATA, commit_success.txt     Orbax's bookkeeping
+
+The state, as plain Orbax returns it (nested dicts; ``/`` separates keys)::
+
+    step                                      int32 []: optimisation steps taken
+    model/params/<module path>/<name>/value   the network's parameters
+    model/batch_stats/<module path>/<name>/value    BatchNorm running mean and var
+    opt_state/1/0/trace/<module path>/<name>/value  SGD momentum, one per parameter
+    opt_state/1/1/count                       int32 []: the learning-rate schedule's count
+
+``TrainState`` and ``ModelState`` are NamedTuples, stored as dicts of their field names; the
+optimiser state is optax's chain ``(add_decayed_weights: empty, (sgd trace, schedule count))``,
+stored as lists (``0``, ``1``). The module path is the attribute path in the
+:class:`jacosr.models.OpenSetNet` (``backbone/hidden/0``, ``head/prototypes``, ``rotation/...``):
+every ``value`` level is an NNX ``Variable`` (``nnx.Param``, ``nnx.BatchStat``), which flattens
+to a dict holding its array under ``value``, and a list of layers (``nnx.List``) gives keys
+``0``, ``1``, ... in layer order. For the digits MLP, ``model/params/backbone/hidden/0/kernel/
+value`` is ``[64, W]``: the flattened 8x8x1 image times the width. To restore with Orbax alone::
+
+    import orbax.checkpoint as ocp
+
+    items = dict(state=ocp.args.StandardRestore(), model=ocp.args.JsonRestore(),
+                 config=ocp.args.JsonRestore())
+    with ocp.CheckpointManager(Path("runs/digits-movr/checkpoints").absolute()) as manager:
+        ckpt = manager.restore(manager.latest_step(), args=ocp.args.Composite(**items))
+    ckpt["state"]["model"]["params"]["head"]["prototypes"]["value"]  # [K, D] array
+    ckpt["model"]["image_shape"], ckpt["config"]["loss"]["loss"]      # [8, 8, 1], "movr"
+
+With jacosr, :func:`jacosr.train.load_run` (``step=`` any kept checkpoint, ``data=False`` to
+skip the data set) builds the network from ``model`` and ``config`` and restores it verified.
+
+Saves are synchronous and atomic: Orbax writes into ``<step>.orbax-checkpoint-tmp`` and
 renames it when complete (``sha256.json`` is written just before), so a run killed at any
 moment leaves every completed checkpoint intact (a run's state is a few MB, so a synchronous
 save costs milliseconds next to the training between checkpoints, and a failed save raises at
@@ -16,7 +56,8 @@ Restoring verifies a checkpoint twice: its files against ``sha256.json`` before 
 and the state Orbax returns against ``checksum``; every floating-point value must be finite. A
 damaged checkpoint (garbage bytes, a truncated or missing file, an unreadable item) is skipped
 with a :class:`DamagedCheckpointWarning` naming it and the checkpoint used instead, the newest
-intact one; when none is intact, :class:`DamagedCheckpointError`. The identity stored beside
+intact one; when none is intact, :class:`DamagedCheckpointError` (also when the one checkpoint
+asked for by step is damaged: it is never replaced by another). The identity stored beside
 the state must equal the current run's (else :class:`jacosr.workdir.WorkdirError` naming what
 differs), so a checkpoint is never restored under another config.
 
@@ -183,9 +224,10 @@ class CheckpointStore:
         self._manager.reload()
         return sorted(self._manager.all_steps())
 
-    def save(self, step: int, state: Any, identity: dict) -> None:
-        """Save ``state`` (a pytree of arrays), the run's ``identity`` (JSON) and the state's
-        checksum as checkpoint ``step``.
+    def save(self, step: int, state: Any, identity: dict, *, model: dict | None = None) -> None:
+        """Save ``state`` (a pytree of arrays), the run's ``identity`` (JSON), the ``model``
+        item (JSON: what building the network takes besides the config, see the module
+        docstring; left out when None) and the state's checksum as checkpoint ``step``.
 
         Raises :class:`CheckpointError` saying what failed (e.g. no space left on device) and
         which older checkpoint is intact; the partial checkpoint is never used.
@@ -210,6 +252,7 @@ class CheckpointStore:
                     state=ocp.args.StandardSave(state),
                     config=ocp.args.JsonSave(identity),
                     checksum=ocp.args.JsonSave(checksum),
+                    **({} if model is None else {"model": ocp.args.JsonSave(model)}),
                 ),
             )
         except Exception as err:
@@ -219,9 +262,9 @@ class CheckpointStore:
             ) from err
         fault_point("after-save", step)
 
-    def _read(self, step: int, template: Any) -> tuple[Any, dict]:
-        """Checkpoint ``step``'s (state, identity), verified; raises ``ValueError`` saying
-        why it is damaged."""
+    def _verify_files(self, step: int) -> None:
+        """Checkpoint ``step``'s files against its ``sha256.json``; raises ``ValueError``
+        saying why it is damaged."""
         folder = self.directory / str(step)
         try:
             expected = dict(json.loads((folder / FILE_DIGESTS).read_text()))
@@ -231,6 +274,11 @@ class CheckpointStore:
         for name, digest in expected.items():
             if found.get(name) != digest:
                 raise ValueError(f"{name} is {'changed' if name in found else 'missing'}")
+
+    def _read(self, step: int, template: Any) -> tuple[Any, dict]:
+        """Checkpoint ``step``'s (state, identity), verified; raises ``ValueError`` saying
+        why it is damaged."""
+        self._verify_files(step)
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
         try:
             restored = self._manager.restore(
@@ -258,13 +306,66 @@ class CheckpointStore:
             raise ValueError("it holds values that are not finite")
         return state, restored["config"]
 
-    def newest_intact(self, template: Any) -> tuple[int, Any, dict, list[tuple[int, str]]]:
-        """The newest checkpoint that reads back intact: ``(step, state, identity, damaged)``
-        where ``damaged`` lists the newer ``(step, reason)`` that did not.
+    def _existing(self, step: int) -> int:
+        """``step`` if it is one of the saved checkpoints, else ``FileNotFoundError`` naming
+        them."""
+        steps = self.steps()
+        if step not in steps:
+            raise FileNotFoundError(
+                f"no checkpoint {step} in {self.directory}; its checkpoints are at steps "
+                f"{steps or 'none'}"
+            )
+        return step
 
-        Raises ``FileNotFoundError`` when there is no checkpoint, :class:`DamagedCheckpointError`
-        when none is intact.
+    def model(self, step: int | None = None) -> dict | None:
+        """The ``model`` item of checkpoint ``step`` (default: of the newest checkpoint whose
+        files are intact; a run's checkpoints share it), verified against ``sha256.json``;
+        None for checkpoints saved without one. Reads no array.
+
+        Raises ``FileNotFoundError`` when there is no such checkpoint, and
+        :class:`DamagedCheckpointError` when the files of checkpoint ``step`` (or of every
+        checkpoint) are damaged.
         """
+        steps = reversed(self.steps()) if step is None else [self._existing(step)]
+        damaged = []
+        for candidate in steps:
+            try:
+                self._verify_files(candidate)
+            except ValueError as err:
+                damaged.append(f"checkpoint {candidate}: {err}")
+                continue
+            if not (self.directory / str(candidate) / "model").is_dir():
+                return None
+            args = ocp.args.Composite(model=ocp.args.JsonRestore())
+            try:
+                return self._manager.restore(candidate, args=args)["model"]
+            except Exception as err:  # Orbax raises many types on bad data
+                damaged.append(f"checkpoint {candidate}: unreadable: {_cause(err)}")
+        if not damaged:
+            raise FileNotFoundError(f"no checkpoint in {self.directory}")
+        raise DamagedCheckpointError(
+            f"no intact checkpoint in {self.directory} ({'; '.join(damaged)})"
+        )
+
+    def newest_intact(
+        self, template: Any, *, step: int | None = None
+    ) -> tuple[int, Any, dict, list[tuple[int, str]]]:
+        """The newest checkpoint that reads back intact: ``(step, state, identity, damaged)``
+        where ``damaged`` lists the newer ``(step, reason)`` that did not. With ``step``, only
+        that checkpoint is read (``damaged`` is empty).
+
+        Raises ``FileNotFoundError`` when there is no checkpoint (or none at ``step``),
+        :class:`DamagedCheckpointError` when none is intact (or checkpoint ``step`` is not).
+        """
+        if step is not None:
+            try:
+                state, identity = self._read(self._existing(step), template)
+            except ValueError as err:
+                raise DamagedCheckpointError(
+                    f"checkpoint {step} in {self.directory} is damaged ({err}); choose another "
+                    f"of its steps {self.steps()}"
+                ) from None
+            return step, state, identity, []
         damaged = []
         for step in reversed(self.steps()):
             try:
@@ -290,19 +391,25 @@ class CheckpointStore:
             return "no intact checkpoint had been saved yet"
         return f"the last good checkpoint (step {step}) in {self.directory} is intact (verified)"
 
-    def restore(self, template: Any, identity: dict) -> tuple[Any, list[int]]:
+    def restore(
+        self, template: Any, identity: dict, *, step: int | None = None
+    ) -> tuple[Any, list[int]]:
         """The state of the newest intact checkpoint (``None`` if there is no checkpoint), and
-        the newer damaged steps it skipped (a :class:`DamagedCheckpointWarning` each).
+        the newer damaged steps it skipped (a :class:`DamagedCheckpointWarning` each); with
+        ``step``, the state of that checkpoint (never another).
 
         ``template``: a pytree of the state's structure (arrays or ShapeDtypeStructs) that
         gives Orbax the shapes and dtypes. Raises :class:`jacosr.workdir.WorkdirError` when the
         checkpoint was saved by a run whose ``identity`` differs, and
-        :class:`DamagedCheckpointError` when no checkpoint is intact.
+        :class:`DamagedCheckpointError` when no checkpoint is intact (or checkpoint ``step``
+        is damaged); ``FileNotFoundError`` when there is no checkpoint ``step``.
         """
         identity = json.loads(json.dumps(identity))  # as stored: tuples are lists
         try:
-            step, state, stored, damaged = self.newest_intact(template)
+            step, state, stored, damaged = self.newest_intact(template, step=step)
         except FileNotFoundError:
+            if step is not None:
+                raise
             return None, []
         for bad, why in damaged:
             warnings.warn(

@@ -10,11 +10,14 @@ and, when the score asks for it, the eval-mode outputs on known-train), a scorer
     scorer(outputs: Outputs of [B] samples, x: [B, H, W, C] float32 in [-1, 1]) -> [B]
 
 that is then applied to known-val, known-test and unknown-test alike, so whatever is fitted is
-fitted once. The array-level score functions (``score_*``) are pure and usable on their own.
+fitted once. The array-level score functions (``score_*``) are pure and usable on their own;
+:mod:`jacosr.detectors` wraps the registry in one object per score for any model (a jacosr
+run, a plain JAX function, or precomputed logits and embeddings).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -30,7 +33,7 @@ from jacosr.config import require
 from jacosr.losses import LossConfig, loss_spec, per_sample_loss
 from jacosr.models import ModelState, Outputs, unit_normalise
 
-Scorer = Callable[[Outputs, np.ndarray], np.ndarray]
+Scorer = Callable[[Outputs, np.ndarray | None], np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -43,16 +46,25 @@ class ScoreConfig:
       jacobian_probes: probes per sample for ``jacobian_stochastic``.
       openmax_tail: OpenMax's Weibull tail size: the largest distances per class that are fitted
         (Bendale & Boult 2016 use 20).
+      jacobian_max_samples: the Jacobian scores (``jacobian``, ``jacobian_stochastic``) are
+        evaluated on at most this many samples of each split (known-val, known-test,
+        unknown-test): a fixed random subset drawn from --score-seed (all when there are
+        fewer; 0: always all). They differentiate the network per sample, which on a CPU costs
+        about 0.1 s per 32x32 image for LeNet and 0.3 s for VGG32; the other scores always
+        see every sample. The results name the subsets (``subsets``).
+      openmax_tail: OpenMax's Weibull tail size: the largest distances per class that are fitted
+        (Bendale & Boult 2016 use 20).
       openmax_alpha: how many top-ranked classes OpenMax recalibrates (its alpha rank).
-      score_seed: seed of the stochastic scores' probes.
+      score_seed: seed of the stochastic scores' probes and of the Jacobian scores' subsets.
 
     Refused when built (``ValueError`` naming the flag): an unknown estimator, fewer than 1
-    probe (2 for ``xnystrace``), a tail below 2 (a Weibull fit needs two distances) and an
-    alpha below 1.
+    probe (2 for ``xnystrace``), a negative sample cap, a tail below 2 (a Weibull fit needs two
+    distances) and an alpha below 1.
     """
 
     jacobian_estimator: str = "hutchinson"
     jacobian_probes: int = 8
+    jacobian_max_samples: int = 1000
     openmax_tail: int = 20
     openmax_alpha: int = 2
     score_seed: int = 0
@@ -73,6 +85,12 @@ class ScoreConfig:
             self.jacobian_probes,
         )
         require(
+            self.jacobian_max_samples >= 0,
+            "--jacobian-max-samples",
+            ">= 0 (0: every sample)",
+            self.jacobian_max_samples,
+        )
+        require(
             self.openmax_tail >= 2,
             "--openmax-tail",
             ">= 2 (the Weibull fit needs two distances per class)",
@@ -90,24 +108,30 @@ class ScoreContext(NamedTuple):
       unbatched input, ``f(state, x: [H, W, C]) -> [D]``, eval mode
       (:func:`jacosr.models.embedding_apply`); ``model_state``: those arrays. The Jacobian
       scores pass the state as a traced argument, so the engine compiles once per architecture.
+      Any pure JAX function will do (``f(x)`` with ``model_state=None``); None when there is no
+      differentiable model (scores of precomputed outputs; the Jacobian scores then refuse).
     ``train``: eval-mode outputs on known-train (``[N]`` samples), or None when no selected score
       fits on it. ``train_labels``: ``[N]`` int, or None.
     """
 
     loss: LossConfig
     config: ScoreConfig
-    embedding_apply: Callable[[ModelState, jax.Array], jax.Array]
-    model_state: ModelState
+    embedding_apply: Callable[..., jax.Array] | None
+    model_state: ModelState | Any
     train: Outputs | None = None
     train_labels: np.ndarray | None = None
 
 
 class ScoreSpec(NamedTuple):
     """A registered score: ``make(context) -> scorer``; ``fits_on_train`` says whether
-    ``make`` needs ``context.train`` (so the evaluator computes it only when needed)."""
+    ``make`` needs ``context.train`` (so the evaluator computes it only when needed);
+    ``differentiates`` whether the scorer differentiates the model per sample (it reads the
+    inputs ``x`` and ``context.embedding_apply`` rather than the outputs; it is slow on big test
+    sets, so the evaluator caps its samples, :attr:`ScoreConfig.jacobian_max_samples`)."""
 
     make: Callable[[ScoreContext], Scorer]
     fits_on_train: bool
+    differentiates: bool = False
 
 
 # ----- scores of the outputs alone ----------------------------------------------------------
@@ -119,9 +143,21 @@ def score_loss(outputs: Outputs, config: LossConfig) -> jax.Array:
     Uses the same similarity, scale, margins and extra terms (GCPL's prototype term, RPL's
     radius term) as training. A known sample fits its predicted class well (low loss); an
     unknown one fits none (high loss).
+
+    Eq. 22 scores with "the sample-wise metric-learning loss", while Eq. 24 brings in the
+    margin "during the training of the OvR metric-learning loss", so whether the score keeps
+    the margin is ambiguous. This one keeps it (the loss exactly as trained; the tables'
+    score); :func:`score_loss_no_margin` drops it.
     """
     pseudo = jnp.argmax(outputs.class_scores, axis=-1)
     return per_sample_loss(config, outputs, pseudo)
+
+
+def score_loss_no_margin(outputs: Outputs, config: LossConfig) -> jax.Array:
+    """:func:`score_loss` with the angular margins set to 0 (the other reading of Eq. 22: the
+    margin as a training device only). ``[B]``; the same as ``score_loss`` for a loss without
+    margins (every loss but ``movr``, and ``movr`` trained with both margins 0)."""
+    return score_loss(outputs, dataclasses.replace(config, margin_pos=0.0, margin_neg=0.0))
 
 
 def score_msp(outputs: Outputs, config: LossConfig) -> jax.Array:
@@ -163,7 +199,7 @@ def score_max_cosine(embeddings: jax.Array, means: jax.Array) -> jax.Array:
     return -jnp.max(unit_normalise(embeddings) @ unit_normalise(means).T, axis=-1)
 
 
-class OpenMax(NamedTuple):
+class OpenMaxFit(NamedTuple):
     """A fitted OpenMax model: per-class mean activation vectors and Weibull parameters.
 
     ``means: [K, K]``; ``shape, scale: [K]`` of the Weibull CDF ``1 - exp(-(d / scale)^shape)``
@@ -188,7 +224,7 @@ def openmax_activations(logits: np.ndarray) -> np.ndarray:
 
 def fit_openmax(
     activations: np.ndarray, labels: np.ndarray, num_classes: int, *, tail_size: int = 20
-) -> OpenMax:
+) -> OpenMaxFit:
     """Fit OpenMax (Bendale & Boult 2016) on known-train activations ``[N, K]``, labels ``[N]``.
 
     Per class k, from the correctly classified training samples of k: the mean activation
@@ -212,10 +248,10 @@ def fit_openmax(
         means.append(mu)
         shapes.append(shape)
         scales.append(scale)
-    return OpenMax(np.stack(means), np.asarray(shapes), np.asarray(scales))
+    return OpenMaxFit(np.stack(means), np.asarray(shapes), np.asarray(scales))
 
 
-def score_openmax(model: OpenMax, activations: np.ndarray, *, alpha: int = 2) -> np.ndarray:
+def score_openmax(model: OpenMaxFit, activations: np.ndarray, *, alpha: int = 2) -> np.ndarray:
     """Log of OpenMax's probability of the unknown class, ``activations: [B, K] -> [B]``.
 
     The ``alpha`` top-ranked classes are recalibrated: rank r = 0, 1, ... gets weight
@@ -239,16 +275,19 @@ def score_openmax(model: OpenMax, activations: np.ndarray, *, alpha: int = 2) ->
 # ----- the Jacobian norm of the representation ----------------------------------------------
 
 
-def score_jacobian(f: Callable, x: np.ndarray, *, params: Any = None) -> np.ndarray:
+def score_jacobian(
+    f: Callable, x: np.ndarray, *, params: Any = None, progress: str | None = None
+) -> np.ndarray:
     """Exact ``||df/dx||_F`` per sample (:func:`jacosr.jacobian.jacobian_norms`). ``[B]``.
 
     ``f(x) -> z``, or ``f(params, x) -> z`` with ``params`` (as the engine takes them: e.g.
     :func:`jacosr.models.embedding_apply` and a model state). Training lowers the norm on known
     classes more than on unknowns (Eq. 20), so a large norm means "unknown". NaN for a sample
     whose input, embedding or norm is not finite (a NaN image through a ReLU net has a zero
-    Jacobian; it must not score as the most familiar sample).
+    Jacobian; it must not score as the most familiar sample). ``progress``: a label for the
+    engine's progress bar and time estimate (see :func:`jacosr.jacobian.jacobian_norms`).
     """
-    return jacobian.jacobian_norms(f, x, params=params)
+    return jacobian.jacobian_norms(f, x, params=params, progress=progress)
 
 
 def score_jacobian_stochastic(
@@ -259,17 +298,25 @@ def score_jacobian_stochastic(
     params: Any = None,
     estimator: str = "hutchinson",
     num_probes: int = 8,
+    progress: str | None = None,
 ) -> np.ndarray:
     """``sqrt`` of an unbiased estimate of ``||df/dx||_F^2`` (:func:`jacosr.jacobian.
     estimate_sqnorms`), clipped at 0. ``[B]``; sample b's probes depend on ``key`` and b only.
-    ``f`` and ``params`` as in :func:`score_jacobian`.
+    ``f``, ``params`` and ``progress`` as in :func:`score_jacobian`.
 
     Probes are uniform on the sphere, which both estimators accept (XNysTrace needs
     rotation-invariant probes) and whose variance is never above Gaussian probes'. NaN where
     the input, the embedding or the estimate is not finite, as for :func:`score_jacobian`.
     """
     sq, _ = jacobian.estimate_sqnorms(
-        f, x, key, params=params, estimator=estimator, num_probes=num_probes, probes="sphere"
+        f,
+        x,
+        key,
+        params=params,
+        estimator=estimator,
+        num_probes=num_probes,
+        probes="sphere",
+        progress=progress,
     )
     return np.sqrt(np.maximum(sq, 0.0))  # np.maximum keeps NaN
 
@@ -282,8 +329,9 @@ def _of_outputs(fn: Callable[[Outputs, LossConfig], jax.Array]) -> ScoreSpec:
 
 
 def _make_max_cosine(ctx: ScoreContext) -> Scorer:
-    num_classes = ctx.train.class_scores.shape[-1]
-    means = class_means(np.asarray(ctx.train.embedding), ctx.train_labels, num_classes)
+    # The classes from the labels, so that embeddings alone (no class scores) suffice.
+    labels = np.asarray(ctx.train_labels)
+    means = class_means(np.asarray(ctx.train.embedding), labels, int(labels.max()) + 1)
     return lambda out, x: np.asarray(score_max_cosine(out.embedding, means))
 
 
@@ -299,7 +347,9 @@ def _make_openmax(ctx: ScoreContext) -> Scorer:
 
 
 def _make_jacobian(ctx: ScoreContext) -> Scorer:
-    return lambda out, x: score_jacobian(ctx.embedding_apply, x, params=ctx.model_state)
+    return lambda out, x: score_jacobian(
+        ctx.embedding_apply, x, params=ctx.model_state, progress="jacobian"
+    )
 
 
 def _make_jacobian_stochastic(ctx: ScoreContext) -> Scorer:
@@ -311,18 +361,20 @@ def _make_jacobian_stochastic(ctx: ScoreContext) -> Scorer:
         params=ctx.model_state,
         estimator=ctx.config.jacobian_estimator,
         num_probes=ctx.config.jacobian_probes,
+        progress="jacobian_stochastic",
     )
 
 
 SCORES: dict[str, ScoreSpec] = {
     "loss": _of_outputs(score_loss),
+    "loss_no_margin": _of_outputs(score_loss_no_margin),
     "msp": _of_outputs(score_msp),
     "max_logit": _of_outputs(score_max_logit),
     "energy": _of_outputs(score_energy),
     "max_cosine": ScoreSpec(_make_max_cosine, True),
     "openmax": ScoreSpec(_make_openmax, True),
-    "jacobian": ScoreSpec(_make_jacobian, False),
-    "jacobian_stochastic": ScoreSpec(_make_jacobian_stochastic, False),
+    "jacobian": ScoreSpec(_make_jacobian, False, differentiates=True),
+    "jacobian_stochastic": ScoreSpec(_make_jacobian_stochastic, False, differentiates=True),
 }
 
 

@@ -6,9 +6,20 @@
 Runtime on 2 CPU cores: ~15 s for the first command (MLP on digits, compilation and evaluation
 included); the rotation task roughly doubles the cost of a step. The workdir receives
 ``config.json``, ``metrics.jsonl``, ``checkpoints/`` and ``results.json`` (the evaluation table,
-also printed); re-running the same command resumes from the last checkpoint, and re-running a
-finished run only evaluates it again (so ``--scores jacobian ...`` adds scores without
-retraining: the evaluation settings are not part of the run's config).
+also printed); re-running the same command resumes from the last checkpoint. A finished run is
+never trained again: re-run with the scores results.json holds, it is read back; with others
+(``--scores jacobian ...``), only those are evaluated and their rows added to results.json,
+which never loses a row (:func:`run`; the evaluation settings are not part of the run's
+config). :func:`load_run` opens any kept checkpoint, with or without the data set.
+
+    python -m jacosr.train --steps 2000 --track-points 20 --workdir runs/digits-movr-tracked
+
+also measures the model at step 0 and 19 steps spaced geometrically up to 2,000 (DBI,
+inter-class distance, Jacobian norms and their difference, AUROCs; :mod:`jacosr.dynamics`)
+and writes one line per step to ``dynamics.jsonl``, kept across kills as ``metrics.jsonl``
+is. On digits the 20 points add 60-150% to the 6 s of training (4-8 s on the shared 2 cores:
+20 exact Jacobian norms of the 539 test images, and two more compilations; see
+``benchmarks/dynamics.py``).
 
 The training objective for a batch of B known images ``x`` with labels ``y`` (all keys folded
 from the per-step key):
@@ -31,13 +42,22 @@ lines (a partial last line is dropped); a damaged checkpoint is skipped with a w
 restored; a failed checkpoint write (disk full) raises one error naming its cause and the
 intact checkpoint to resume from. ``JACOSR_FAULT`` (:mod:`jacosr.checkpoint`) kills the process
 at chosen points, for the tests of all this.
+
+A run's identity is its resolved config and the data it trains on (:func:`run_identity`):
+``config.json`` and every checkpoint hold the config (a ``--benchmark`` resolved into its data
+set, classes and image size) and, under ``trained_on``, the known source and classes, the image
+shape and the SHA-256 of the known-train arrays. Other data in an existing workdir (``fit``
+with other arrays, a data set prepared again from other files) is refused, naming what differs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import json
 import math
+import os
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -55,14 +75,24 @@ from tqdm.auto import tqdm
 from jacosr.checkpoint import CheckpointStore, DamagedCheckpointError, fault_point
 from jacosr.config import cli, from_dict, require, to_dict
 from jacosr.data import DataConfig, OpenSetData, get_augmentation, load_open_set, to_float
+from jacosr.data.augment import paper_augmentation
+from jacosr.data.splits import resolve_benchmark
+from jacosr.dynamics import (
+    DYNAMICS_FILE,
+    TrackConfig,
+    Tracker,
+    track_samples,
+    tracked_steps,
+)
 from jacosr.evaluate import EvalConfig, evaluate, format_table
 from jacosr.losses import LossConfig, loss_rotation, loss_spec, per_sample_loss
 from jacosr.models import ModelConfig, ModelState, OpenSetNet, apply_model, split_model
-from jacosr.workdir import Workdir, WorkdirError, open_workdir
+from jacosr.workdir import Workdir, WorkdirError, config_diff, open_workdir
 
 # Sources on which the techniques default to off (``augment="auto"``, ``self_sup=None``):
-# 8x8 digits are not flip-invariant and a 4 px shift moves half the image; toy2d's "images"
-# are 1x1 points, which neither shift nor rotate.
+# on 8x8 digits a 4 px shift moves half the image; toy2d's "images" are 1x1 points, which
+# neither shift nor rotate. Elsewhere "auto" is the paper's weak augmentation for the source
+# (jacosr.data.augment.paper_augmentation: no flip on MNIST).
 TECHNIQUES_OFF_BY_DEFAULT = frozenset({"digits", "toy2d"})
 # The paper's lambda_self, the weight of the rotation loss when the technique is on.
 PAPER_SELF_SUP = 0.1
@@ -83,9 +113,10 @@ class TrainConfig:
       weight_decay: L2 weight decay added to the gradient (PyTorch-style coupled decay); 0
         turns it off (the ablation's "W").
       augment: on-device augmentation of the training batches (``jacosr.data.AUGMENTATIONS``:
-        none, weak, strong), or ``auto``: the paper's ``weak`` (4 px translation and horizontal
-        flip) on image data sets, ``none`` on digits and toy2d (not flip-invariant, and too
-        small for a 4 px shift). The ablation's "A".
+        none, weak, translate, strong), or ``auto``: the paper's ``weak`` (4 px translation and
+        horizontal flip) on image data sets, ``translate`` (no flip) on MNIST, ``none`` on
+        digits and toy2d (not flip-invariant, and too small for a 4 px shift). The ablation's
+        "A".
       self_sup: lambda_self, the weight of the self-supervised rotation loss; 0 turns the
         rotation task off. None (auto): the paper's 0.1 on image data sets, 0 on digits and
         toy2d. The ablation's "S".
@@ -99,12 +130,16 @@ class TrainConfig:
         run starts on a log line).
       keep_checkpoints: how many recent checkpoints to keep (at least 1: the run resumes and
         is evaluated from its last checkpoint).
+      track: measurements of the model during training, one line of dynamics.jsonl per
+        tracked step (off by default; see :mod:`jacosr.dynamics`). Part of the run's
+        identity: the rows a resumed run must reproduce depend on it.
 
     Refused when built (``ValueError`` naming the flag, before any workdir exists): fewer than
     1 step, image per batch, step per log line or dispatch, or checkpoint kept;
     checkpoint_every not a positive multiple of log_every; lr not a positive finite number;
     lr_min outside [0, lr]; momentum outside [0, 1); a negative or infinite weight_decay or
-    self_sup; an unknown augmentation.
+    self_sup; an unknown augmentation; a tracked step beyond steps, or more tracking points
+    than steps + 1.
 
     ``augment="auto"`` and ``self_sup=None`` are decided per data set by :func:`resolve`,
     once, at the entry points (:func:`fit`, :func:`run`); what trains is the
@@ -127,6 +162,7 @@ class TrainConfig:
     dispatch_steps: int = 100
     checkpoint_every: int = 1000
     keep_checkpoints: int = 3
+    track: TrackConfig = field(default_factory=TrackConfig)
 
     def __post_init__(self):
         for flag, value in (
@@ -167,12 +203,25 @@ class TrainConfig:
         )
         if self.augment != "auto":
             get_augmentation(self.augment)
+        require(
+            all(s <= self.steps for s in self.track.track_steps),
+            "--track-steps",
+            f"steps between 0 and --steps ({self.steps})",
+            self.track.track_steps,
+        )
+        require(
+            self.track.track_points <= self.steps + 1,
+            "--track-points",
+            f"at most --steps + 1 ({self.steps + 1}) distinct steps",
+            self.track.track_points,
+        )
 
 
 @dataclass(frozen=True)
 class ResolvedTrainConfig(TrainConfig):
     """A :class:`TrainConfig` whose techniques are decided: ``augment`` names an augmentation
-    (never ``auto``) and ``self_sup`` is a number (never None).
+    (never ``auto``) and ``self_sup`` is a number (never None); a ``data.benchmark`` is
+    resolved into its data set, classes and image size.
 
     Made by :func:`resolve` (or read back from a workdir's ``config.json``, which holds it);
     the functions that build a run from its config (:func:`build_model`,
@@ -195,15 +244,23 @@ class ResolvedTrainConfig(TrainConfig):
 
 def resolve(config: TrainConfig) -> ResolvedTrainConfig:
     """``config`` with the techniques decided for its data set: ``augment="auto"`` becomes
-    ``weak`` (``none`` on digits and toy2d), ``self_sup=None`` becomes the paper's 0.1 (0 on
-    digits and toy2d); values set by hand stay. A resolved config is returned as it is."""
+    the paper's weak augmentation for the images (``weak``; ``translate``, without the flip,
+    on the MNIST benchmark; ``none`` on digits and toy2d), ``self_sup=None`` becomes the
+    paper's 0.1 (0 on digits and toy2d); values set by hand stay. A ``benchmark`` is
+    resolved into the data set, classes and image size it sets
+    (:func:`jacosr.data.splits.resolve_benchmark`), so that config.json records them. A
+    resolved config is returned as it is."""
     if isinstance(config, ResolvedTrainConfig):
         return config
-    off = config.data.benchmark is None and config.data.dataset in TECHNIQUES_OFF_BY_DEFAULT
-    augment = ("none" if off else "weak") if config.augment == "auto" else config.augment
+    data = resolve_benchmark(config.data)
+    source = data.dataset
+    off = source in TECHNIQUES_OFF_BY_DEFAULT
+    paper = "none" if off else paper_augmentation(source)
+    augment = paper if config.augment == "auto" else config.augment
     self_sup = (0.0 if off else PAPER_SELF_SUP) if config.self_sup is None else config.self_sup
     given = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
-    return ResolvedTrainConfig(**{**given, "augment": augment, "self_sup": float(self_sup)})
+    decided = {"data": data, "augment": augment, "self_sup": float(self_sup)}
+    return ResolvedTrainConfig(**{**given, **decided})
 
 
 def _require_resolved(config: TrainConfig, user: str) -> ResolvedTrainConfig:
@@ -237,9 +294,35 @@ def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
     )
 
 
-def build_model(config: ResolvedTrainConfig, data: OpenSetData, key: jax.Array) -> OpenSetNet:
+class ModelInputs(NamedTuple):
+    """What building a run's network takes from its data besides the config (an
+    :class:`~jacosr.data.OpenSetData` has both fields): the image shape ``(H, W, C)`` and the
+    number of known classes (the class head's outputs). Every checkpoint stores them (its
+    ``model`` item, :func:`model_item`), so a run restores without its data set."""
+
+    image_shape: tuple[int, ...]
+    num_known: int
+
+
+def model_item(config: ResolvedTrainConfig, data: OpenSetData | ModelInputs) -> dict:
+    """The ``model`` item of the run's checkpoints (JSON; :mod:`jacosr.checkpoint`): the
+    :class:`ModelInputs` and, for readers without jacosr, the backbone, the representation's
+    size, the class head's kind and whether there is a rotation head."""
+    return {
+        "image_shape": [int(n) for n in data.image_shape],
+        "num_known": int(data.num_known),
+        "backbone": config.model.backbone,
+        "embed_dim": config.model.embed_dim,
+        "head": loss_spec(config.loss.loss).head,
+        "rotation_head": config.self_sup > 0,
+    }
+
+
+def build_model(
+    config: ResolvedTrainConfig, data: OpenSetData | ModelInputs, key: jax.Array
+) -> OpenSetNet:
     """The network ``config`` describes, with the head its loss needs and, when the rotation
-    task is on, a rotation head."""
+    task is on, a rotation head; ``data`` gives the image shape and the number of classes."""
     _require_resolved(config, "build_model")
     return OpenSetNet(
         config.model,
@@ -251,7 +334,9 @@ def build_model(config: ResolvedTrainConfig, data: OpenSetData, key: jax.Array) 
     )
 
 
-def init_train_state(config: TrainConfig, data: OpenSetData) -> tuple[nnx.GraphDef, TrainState]:
+def init_train_state(
+    config: TrainConfig, data: OpenSetData | ModelInputs
+) -> tuple[nnx.GraphDef, TrainState]:
     """Initialise the model and optimiser of the run ``config`` from ``config.seed``.
 
     Like :func:`fit` and :func:`run`, an entry point: it takes the config as the user gave it
@@ -325,21 +410,48 @@ def make_train_dispatch(graphdef: nnx.GraphDef, config: ResolvedTrainConfig, num
     inside jit; the per-step key is ``fold_in(key, step)``, split into the augmentation's key
     and the objective's.
 
-    Two compiled programs serve every ``n``: ``n == dispatch_steps`` runs a ``lax.scan`` of
-    that static length, and any shorter ``n`` (the steps left before a checkpoint or the end)
-    one loop whose trip count is an argument, writing into ``[dispatch_steps]`` buffers. A scan
-    per ``n`` would compile once per distinct length; the dynamic loop alone would hide the
-    trip count from XLA, whose GPU while loops then read their condition back to the host
-    after every step.
+    One loop whose trip count is an argument, writing into ``[dispatch_steps]`` buffers, serves
+    every ``n`` on the CPU: one compiled program per run, however the boundaries (checkpoints,
+    tracking points, the end) cut the steps. On accelerators ``n == dispatch_steps`` runs a
+    ``lax.scan`` of that static length instead (XLA's GPU while loops with a trip count that is
+    not a compile-time constant read their condition back to the host after every step), and
+    only shorter ``n`` take the loop.
+
+    The seed's keys are arguments of the compiled programs, not constants baked into them, and
+    the programs of the last few (architecture, config but seed, training set size) are kept
+    (:func:`_step_programs`), so the runs of a grid that differ only in ``seed`` compile once.
     """
     _require_resolved(config, "make_train_dispatch")
+    length = config.dispatch_steps
+    full, shorter = _step_programs(graphdef, dataclasses.replace(config, seed=0), num_train)
+    keys = jax.random.split(jax.random.fold_in(jax.random.key(config.seed), 1))  # data, step
+    scan_full_length = jax.default_backend() != "cpu"
+
+    def dispatch(state: TrainState, train_x, train_y, n: int):
+        if not 1 <= n <= length:
+            raise ValueError(f"a dispatch runs 1 to dispatch_steps ({length}) steps, not {n}")
+        if n == length and scan_full_length:
+            state, values = full(state, keys, train_x, train_y)
+        else:
+            state, values = shorter(state, keys, train_x, train_y, np.int32(n))
+        return state, tuple(np.asarray(v)[:n] for v in values)
+
+    return dispatch
+
+
+@functools.lru_cache(maxsize=8)
+def _step_programs(graphdef: nnx.GraphDef, config: ResolvedTrainConfig, num_train: int):
+    """The two jitted programs of :func:`make_train_dispatch` for ``config`` (whose seed does
+    not enter them: the keys are arguments): a ``lax.scan`` of ``dispatch_steps`` steps and a
+    loop of ``n`` steps. Cached (a few entries, each holding compiled programs of one
+    architecture) so that the seeds of a grid, in one process, share them."""
     length = config.dispatch_steps
     optimizer = make_optimizer(config)
     augment = get_augmentation(config.augment)
     objective = make_objective(graphdef, config)
-    data_key, step_key = jax.random.split(jax.random.fold_in(jax.random.key(config.seed), 1))
 
-    def one_step(state: TrainState, train_x, train_y):
+    def one_step(state: TrainState, keys: jax.Array, train_x, train_y):
+        data_key, step_key = keys
         idx = batch_indices(data_key, state.step, num_train, config.batch_size)
         augment_key, key = jax.random.split(jax.random.fold_in(step_key, state.step))
         x, y = augment(augment_key, to_float(train_x[idx])), train_y[idx]
@@ -356,29 +468,21 @@ def make_train_dispatch(graphdef: nnx.GraphDef, config: ResolvedTrainConfig, num
         return new_state, (loss, accuracy, finite)
 
     @partial(jax.jit, donate_argnums=0)
-    def full(state: TrainState, train_x, train_y):
-        return jax.lax.scan(lambda s, _: one_step(s, train_x, train_y), state, length=length)
+    def full(state: TrainState, keys, train_x, train_y):
+        step = lambda s, _: one_step(s, keys, train_x, train_y)
+        return jax.lax.scan(step, state, length=length)
 
     @partial(jax.jit, donate_argnums=0)
-    def shorter(state: TrainState, train_x, train_y, n: jax.Array):
+    def shorter(state: TrainState, keys, train_x, train_y, n: jax.Array):
         def body(i, carry):
             state, buffers = carry
-            state, values = one_step(state, train_x, train_y)
+            state, values = one_step(state, keys, train_x, train_y)
             return state, tuple(buf.at[i].set(v) for buf, v in zip(buffers, values, strict=True))
 
         buffers = (jnp.zeros(length), jnp.zeros(length), jnp.zeros(length, bool))
         return jax.lax.fori_loop(0, n, body, (state, buffers))
 
-    def dispatch(state: TrainState, train_x, train_y, n: int):
-        if not 1 <= n <= length:
-            raise ValueError(f"a dispatch runs 1 to dispatch_steps ({length}) steps, not {n}")
-        if n == length:
-            state, values = full(state, train_x, train_y)
-        else:
-            state, values = shorter(state, train_x, train_y, np.int32(n))
-        return state, tuple(np.asarray(v)[:n] for v in values)
-
-    return dispatch
+    return full, shorter
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -390,9 +494,8 @@ class Every:
     """The steps ``every, 2 every, 3 every, ...`` below ``last``, and ``last``.
 
     The training loop's boundaries are such schedules: the metrics.jsonl lines (every
-    ``log_every`` steps), the checkpoints (every ``checkpoint_every``) and the end. Another
-    kind of boundary (steps at which to evaluate the model, say) is another object with
-    :meth:`after`: see :func:`_train`."""
+    ``log_every`` steps), the checkpoints (every ``checkpoint_every``) and the end; the
+    tracked steps are an :class:`At` (see :func:`_train`)."""
 
     every: int
     last: int
@@ -402,7 +505,20 @@ class Every:
         return min((step // self.every + 1) * self.every, self.last)
 
 
-TRAIN_OUTPUTS = ("checkpoints", "metrics.jsonl", "results.json")
+@dataclass(frozen=True)
+class At:
+    """The given ``steps`` (sorted, the last of them the run's last step): a boundary
+    schedule like :class:`Every`, for the tracked steps (:func:`jacosr.dynamics.
+    tracked_steps`)."""
+
+    steps: tuple[int, ...]
+
+    def after(self, step: int) -> int:
+        """The first of these steps after ``step`` (the last one when none is after it)."""
+        return next((s for s in self.steps if s > step), self.steps[-1])
+
+
+TRAIN_OUTPUTS = ("checkpoints", "metrics.jsonl", DYNAMICS_FILE, "results.json")
 """What a training run writes in its workdir besides ``config.json`` (all that ``--overwrite``
 may delete there)."""
 
@@ -518,20 +634,27 @@ def _train(
     """:func:`fit` in the open workdir ``wd``.
 
     The loop dispatches ``dispatch_steps`` steps at a time, ending a dispatch early at each
-    *stop*: a step at which the state itself is needed on the host, here the checkpoints and
-    the last step. Stops are ``(schedule, action)`` pairs: a schedule's ``after(step)`` is its
-    next step (see :class:`Every`), and ``action(step, state)`` runs there. Every stop falls at
-    the same steps in a run and in the same run resumed from any checkpoint (checkpoints are
-    stops), so both dispatch the same steps together and reach bit-identical states. Another
-    kind of stop (evaluating the model at chosen steps, say) is one more pair, whose output is
-    truncated on resumption as ``metrics.jsonl`` is.
+    *stop*: a step at which the state itself is needed on the host, here the tracked steps
+    (when ``config.track`` is on), the checkpoints and the last step. Stops are ``(schedule,
+    action)`` pairs: a schedule's ``after(step)`` is its next step (see :class:`Every`), and
+    ``action(step, state)`` runs there, in the list's order. Every stop falls at the same
+    steps in a run and in the same run resumed from any checkpoint (checkpoints are stops),
+    so both dispatch the same steps together and reach bit-identical states.
+
+    ``dynamics.jsonl`` is kept as ``metrics.jsonl`` is: a tracked step's row is written (and
+    flushed) before a checkpoint of the same step is saved, so every row up to a committed
+    checkpoint is on disk; a resumed run drops the rows after its checkpoint's step (and a
+    partial last line) and measures the later steps again, a fresh run measures step 0.
     """
     graphdef, fresh = init_train_state(config, data)
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), fresh)
     state, damaged = _resume(wd, fresh, overwrite)
     step = int(state.step)
-    log_path = wd.path / "metrics.jsonl"
+    log_path, dynamics_path = wd.path / "metrics.jsonl", wd.path / DYNAMICS_FILE
     _truncate_log(log_path, step)
+    tracked = tracked_steps(config.track, config.steps)
+    if tracked:
+        _truncate_log(dynamics_path, step if step > 0 else -1)  # a fresh run: every row
     if step >= config.steps:  # finished: the checkpoints were only read
         return graphdef, state.model
     dispatch = make_train_dispatch(graphdef, config, len(data.known_train.y))
@@ -540,15 +663,22 @@ def _train(
     with (
         CheckpointStore(wd.path, keep=config.keep_checkpoints) as store,
         log_path.open("a") as log_file,
+        dynamics_path.open("a") if tracked else contextlib.nullcontext() as dynamics_file,
         bar,
     ):
         store.delete(damaged)
         log = _MetricsLog(log_file, config)
 
         def checkpoint(at: int, state: TrainState) -> None:
-            store.save(at, state, wd.config)
+            store.save(at, state, wd.config, model=model_item(config, data))
 
         stops = [(Every(config.checkpoint_every, config.steps), checkpoint)]
+        if tracked:
+            samples = track_samples(data, config.track.track_samples, config.track.track_seed)
+            tracker = Tracker(graphdef, samples, config.loss, config.track, dynamics_file)
+            stops.insert(0, (At(tracked), lambda at, state: tracker.write(at, state.model)))
+            if step == 0:
+                tracker.write(0, state.model)
         while step < config.steps:
             stop = min(schedule.after(step) for schedule, _ in stops)
             n = min(stop - step, config.dispatch_steps)
@@ -594,8 +724,48 @@ def fit(
     """
     config = resolve(config)
     _check_config(config, data)
-    with open_workdir(workdir, to_dict(config), outputs=TRAIN_OUTPUTS, overwrite=overwrite) as wd:
+    identity = run_identity(config, data)
+    with open_workdir(workdir, identity, outputs=TRAIN_OUTPUTS, overwrite=overwrite) as wd:
         return _train(config, data, wd, overwrite=overwrite, progress=progress)
+
+
+TRAINED_ON = "trained_on"
+"""The key of a run's identity (``config.json``, each checkpoint) that records its data."""
+
+
+def run_identity(config: ResolvedTrainConfig, data: OpenSetData) -> dict:
+    """A run's identity, as ``config.json`` and each checkpoint hold it: the resolved config's
+    dict and, under :data:`TRAINED_ON`, what the model depends on in ``data``
+    (:meth:`jacosr.data.OpenSetData.training_identity`: source, known classes, image shape
+    and dtype, size and SHA-256 of known-train). The data are what was trained on, whatever
+    ``config.data`` says: :func:`fit` takes data built from arrays too."""
+    return {**to_dict(config), TRAINED_ON: data.training_identity()}
+
+
+RESULTS = "results.json"
+
+
+def _saved_results(workdir: Path, config: ResolvedTrainConfig) -> dict | None:
+    """The workdir's ``results.json`` when it holds results of ``config`` (else None: none
+    yet, unreadable, or of another run)."""
+    try:
+        results = json.loads((Path(workdir) / RESULTS).read_text())
+    except (OSError, ValueError):
+        return None
+    ok = isinstance(results, dict) and {"config", "eval", "scores"} <= set(results)
+    return results if ok and results["config"] == to_dict(config) else None
+
+
+def _settings(evaluation: dict) -> dict:
+    """The evaluation settings shared by every row of a results table (all but the names)."""
+    return {k: v for k, v in evaluation.items() if k != "scores"}
+
+
+def _covers(results: dict, evaluation: EvalConfig) -> bool:
+    """Whether ``results`` (a ``results.json``) holds every score of ``evaluation``, evaluated
+    under its settings (reject rate, the scores' settings)."""
+    same = _settings(results["eval"]) == _settings(to_dict(evaluation))
+    return same and set(evaluation.scores) <= set(results["scores"])
 
 
 def run(
@@ -610,24 +780,60 @@ def run(
 
     ``evaluation`` defaults to ``EvalConfig()``. ``config`` is resolved here, as in
     :func:`fit`. Returns ``{"config": the resolved config, **evaluate(...)}`` (see
-    :func:`jacosr.evaluate.evaluate`). The workdir stays locked until results.json is
-    written; if it cannot be written (a read-only workdir), a warning says so and the results
-    are still returned.
+    :func:`jacosr.evaluate.evaluate`), with every score row results.json holds.
+
+    results.json only grows: a finished run asked for scores it has not evaluated evaluates
+    those alone and adds their rows to the ones there (``eval.scores`` lists them all); one
+    whose results.json already holds every score asked for (under the same settings) is
+    read back when the data it holds are still those it was computed on (the split's classes
+    and the SHA-256 of every split, ``results["split"]``): nothing is trained, evaluated or
+    written. The rows of a results.json share one
+    set of settings (``eval``: reject rate, the scores' settings): when they change, every
+    row there is evaluated again under the new ones, with a warning, rather than kept under a
+    label it was not computed with (reject_rate changes every row's macro-F1) or dropped.
+
+    The workdir stays locked until results.json is written; if it cannot be written (a
+    read-only workdir), a warning says so and the results are still returned.
     """
     config = resolve(config)
+    evaluation = evaluation or EvalConfig()
     data = load_open_set(config.data)
+    saved = _saved_results(workdir, config)
+    if saved is not None and _covers(saved, evaluation) and saved["split"] == data.describe():
+        return saved  # else: the data changed under their name, which open_workdir refuses
     _check_config(config, data)
-    with open_workdir(workdir, to_dict(config), outputs=TRAIN_OUTPUTS, overwrite=overwrite) as wd:
+    identity = run_identity(config, data)
+    with open_workdir(workdir, identity, outputs=TRAIN_OUTPUTS, overwrite=overwrite) as wd:
         graphdef, model_state = _train(config, data, wd, overwrite=overwrite, progress=progress)
+        saved = _saved_results(wd.path, config)  # again, under the lock
+        kept = saved["scores"] if saved else {}
+        names = [*kept, *(name for name in evaluation.scores if name not in kept)]
+        if saved and _settings(saved["eval"]) != _settings(to_dict(evaluation)):
+            changed = config_diff(_settings(saved["eval"]), _settings(to_dict(evaluation)))
+            warnings.warn(
+                f"the evaluation settings differ from those of the scores in "
+                f"{wd.path / RESULTS} ({changed}); evaluating all of them again under the new "
+                f"ones ({', '.join(names)}), so that its rows share one set of settings",
+                stacklevel=2,
+            )
+            kept = {}
+        todo = dataclasses.replace(
+            evaluation, scores=tuple(name for name in names if name not in kept)
+        )
+        fresh = evaluate(graphdef, model_state, data, config.loss, todo, progress=progress)
         results = {
             "config": to_dict(config),
-            **evaluate(graphdef, model_state, data, config.loss, evaluation or EvalConfig()),
+            **fresh,
+            "eval": to_dict(dataclasses.replace(evaluation, scores=tuple(names))),
+            "scores": {
+                name: kept[name] if name in kept else fresh["scores"][name] for name in names
+            },
         }
         try:
-            wd.write_text("results.json", json.dumps(results, indent=2) + "\n")
+            wd.write_text(RESULTS, json.dumps(results, indent=2) + "\n")
         except OSError as err:
             warnings.warn(
-                f"could not write {wd.path / 'results.json'}: {err.strerror}; the results "
+                f"could not write {wd.path / RESULTS}: {err.strerror}; the results "
                 "above are not saved",
                 stacklevel=2,
             )
@@ -635,36 +841,74 @@ def run(
 
 
 def load_run(
-    workdir: Path,
-) -> tuple[ResolvedTrainConfig, OpenSetData, nnx.GraphDef, ModelState]:
-    """Load a run's (resolved) config, data and latest model from its workdir (for notebooks).
+    workdir: Path, step: int | None = None, *, data: bool = True
+) -> tuple[ResolvedTrainConfig, OpenSetData | None, nnx.GraphDef, ModelState]:
+    """A run's (resolved) config, data and model, from its workdir: ``(config, data,
+    graphdef, model_state)`` (for notebooks and analyses).
 
-    Restores the newest intact checkpoint, verified as by :func:`fit` (a damaged one is
-    skipped with a warning), read-only and without taking the workdir's lock (a run may be
-    training there).
+    ``step``: which checkpoint (default: the newest intact one; the run keeps its last
+    ``keep_checkpoints``, :meth:`jacosr.checkpoint.CheckpointStore.steps` lists them).
+    ``data=False`` skips loading the data set (``data`` is then None): the network is built
+    from the ``model`` item stored in the checkpoint (image shape, number of known classes),
+    so a checkpoint opens without its data set (a checkpoint saved before that item existed
+    needs the data set, which is then loaded anyway).
+
+    The checkpoint is verified as by :func:`fit`: without ``step`` a damaged one is skipped
+    with a warning; with ``step``, a damaged or missing one is an error naming the steps
+    there are. Read-only, without taking the workdir's lock (a run may be training there).
     """
     workdir = Path(workdir)
     config_path = workdir / "config.json"
     if not config_path.exists():
         raise FileNotFoundError(f"{workdir} has no config.json; is it a jacosr workdir?")
-    config = from_dict(ResolvedTrainConfig, json.loads(config_path.read_text()))
-    data = load_open_set(config.data)
-    graphdef, template = init_train_state(config, data)
+    identity = json.loads(config_path.read_text())
+    trained_on = identity.get(TRAINED_ON)  # None: a run older than the record
+    config = from_dict(ResolvedTrainConfig, {k: v for k, v in identity.items() if k != TRAINED_ON})
     with CheckpointStore(workdir, read_only=True) as store:
-        state, _ = store.restore(template, to_dict(config))
-    if state is None:
-        raise FileNotFoundError(f"no checkpoint in {store.directory}")
-    return config, data, graphdef, state.model
+        if not store.steps():
+            raise FileNotFoundError(f"no checkpoint in {store.directory}")
+        item = store.model(step)
+        loaded = load_open_set(config.data) if data or item is None else None
+        inputs = (
+            loaded if item is None else ModelInputs(tuple(item["image_shape"]), item["num_known"])
+        )
+        graphdef, template = init_train_state(config, inputs)
+        if loaded is not None and trained_on not in (None, loaded.training_identity()):
+            raise WorkdirError(
+                f"{workdir} was trained on other data than its config loads now ("
+                f"{config_diff(trained_on, loaded.training_identity())}): the data set was "
+                "prepared again from other files, or the run was trained from Python on data "
+                "of its own; load_run(..., data=False) opens the model without its data"
+            )
+        state, _ = store.restore(template, identity, step=step)
+    return config, loaded, graphdef, state.model
+
+
+def find_runs(path: Path) -> list[Path]:
+    """The training runs at or below ``path`` (folders holding ``config.json`` and
+    ``checkpoints/``), sorted: ``[path]`` for a training run, the runs of an experiment's
+    workdir (``train/``, ``runs/<row>/seed<i>``, ``seed<i>/``) otherwise."""
+    found = []
+    for folder, subfolders, files in os.walk(path):
+        if "config.json" in files and "checkpoints" in subfolders:
+            found.append(Path(folder))
+        subfolders[:] = sorted(d for d in subfolders if d != "checkpoints")
+    return sorted(found)
 
 
 @dataclass(frozen=True)
 class TrainArgs:
     """Train an open-set model, evaluate it, and write the workdir.
 
+    Your own data: python -m jacosr.data.prepare NAME --from PATH reads a .npz, MNIST idx
+    files, the CIFAR python pickles, SVHN .mat files or class folders of images into a data
+    set named NAME; then train with --dataset NAME --known ... (--data-dir as there).
+
     Attributes:
       config: the run.
       evaluation: the unknown scores and their settings (not part of the run's identity:
-        re-running a finished workdir with other scores only re-evaluates).
+        re-running a finished workdir with other scores evaluates only those and adds their
+        rows to results.json; with the scores it has, it reads results.json back).
       workdir: where config.json, metrics.jsonl, checkpoints/ and results.json go.
       overwrite: instead of refusing a workdir that holds a run with a different config (or
         none of whose checkpoints is intact), delete that run and train this one; deletes

@@ -1,6 +1,8 @@
 """Checkpoints on a tiny pytree: bit-exact round trip, verification (garbage bytes, missing
-files, another config), fallback to the newest intact checkpoint, stray temporary folders,
-read-only stores, the fault hook's spec. (Training-level kills and resumption: test_train.)"""
+files, another config), fallback to the newest intact checkpoint, a checkpoint chosen by step,
+the model item, stray temporary folders, read-only stores, the fault hook's spec; and the
+documented layout of a training run's checkpoint, restored by plain Orbax. (Training-level
+kills and resumption: test_train.)"""
 
 import hashlib
 import json
@@ -9,8 +11,10 @@ import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
+import jax
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 from jacosr.checkpoint import (
@@ -219,3 +223,105 @@ def test_a_full_disk_is_refused_before_writing(copy, monkeypatch):
         "the file-size limit) and re-run the same command to resume"
     )
     assert not list((copy / "checkpoints").glob("4*"))
+
+
+MODEL = {"image_shape": [8, 8, 1], "num_known": 6}
+
+
+def test_a_checkpoint_is_chosen_by_step_and_never_replaced(copy):
+    corrupt(copy / "checkpoints" / "2")
+    with CheckpointStore(copy, read_only=True) as store:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            state, damaged = store.restore(_state(0), IDENTITY, step=1)
+        assert damaged == [] and _equal(state, _state(1))
+        with pytest.raises(
+            DamagedCheckpointError,
+            match=r"checkpoint 2 in .* is damaged \(state/\S+ is changed\); choose another of "
+            r"its steps \[1, 2, 3\]",
+        ):
+            store.restore(_state(0), IDENTITY, step=2)
+        with pytest.raises(FileNotFoundError, match=r"no checkpoint 7 in .*at steps \[1, 2, 3\]"):
+            store.restore(_state(0), IDENTITY, step=7)
+        with pytest.raises(WorkdirError, match=r"another config \(lr: 0.1 -> 0.2\)"):
+            store.restore(_state(0), {**IDENTITY, "lr": 0.2}, step=1)
+
+
+def test_the_model_item_is_stored_verified_and_optional(copy):
+    with CheckpointStore(copy) as store:
+        assert store.model() is None  # checkpoints saved without one
+        store.save(4, _state(4), IDENTITY, model=MODEL)
+        assert store.model() == store.model(4) == MODEL
+        assert store.model(3) is None
+        with pytest.raises(FileNotFoundError, match=r"no checkpoint 9 in"):
+            store.model(9)
+    folder = copy / "checkpoints" / "4"
+    assert json.loads((folder / "model" / "metadata").read_text()) == MODEL  # plain JSON
+    assert "model/metadata" in json.loads((folder / "sha256.json").read_text())
+    (folder / "model" / "metadata").write_text(json.dumps({**MODEL, "num_known": 7}))
+    with CheckpointStore(copy, read_only=True) as store:
+        with pytest.raises(
+            DamagedCheckpointError, match=r"checkpoint 4: model/metadata is changed"
+        ):
+            store.model(4)
+        assert store.model() is None  # checkpoint 3's (4 is damaged)
+
+
+def _plain(tree, prefix=()) -> dict[tuple, np.ndarray]:
+    """A nested dict/list of arrays as ``{key path: array}``."""
+    if isinstance(tree, dict):
+        items = tree.items()
+    elif isinstance(tree, list | tuple):
+        items = enumerate(tree)
+    else:
+        return {prefix: np.asarray(tree)}
+    return {k: v for key, sub in items for k, v in _plain(sub, (*prefix, str(key))).items()}
+
+
+def test_plain_orbax_restores_a_training_checkpoint_as_documented(digits_run, tmp_path):
+    """The checkpoint layout of jacosr.checkpoint's docstring, read by Orbax alone (no jacosr
+    code, no template): the items, the model item's values (digits: 8x8x1 images, known
+    classes 0..5, the default MLP), and the state's paths and arrays against the model that
+    load_run restores."""
+    from jacosr.train import load_run
+
+    workdir, _ = digits_run
+    shutil.copytree(workdir / "checkpoints", tmp_path / "checkpoints")  # the shared run: read-only
+    items = dict(
+        state=ocp.args.StandardRestore(),
+        model=ocp.args.JsonRestore(),
+        config=ocp.args.JsonRestore(),
+    )
+    with ocp.CheckpointManager((tmp_path / "checkpoints").absolute()) as manager:
+        step = manager.latest_step()
+        ckpt = manager.restore(step, args=ocp.args.Composite(**items))
+    assert step == 2000 and ckpt["config"]["steps"] == 2000
+    assert ckpt["model"] == {
+        "image_shape": [8, 8, 1],
+        "num_known": 6,
+        "backbone": "mlp",
+        "embed_dim": ckpt["config"]["model"]["embed_dim"],
+        "head": "cosine",
+        "rotation_head": False,
+    }
+    state = ckpt["state"]
+    assert int(state["step"]) == 2000
+    assert set(state) == {"step", "model", "opt_state"}
+    width = ckpt["config"]["model"]["width"]
+    params = state["model"]["params"]
+    assert params["backbone"]["hidden"]["0"]["kernel"]["value"].shape == (8 * 8 * 1, width)
+    prototypes = params["head"]["prototypes"]["value"]
+    assert prototypes.shape == (6, ckpt["config"]["model"]["embed_dim"])
+    momentum = state["opt_state"][1][0]["trace"]["head"]["prototypes"]["value"]
+    assert momentum.shape == prototypes.shape
+    # every array of the model, at the documented path (a "value" level per variable)
+    _, _, _, model = load_run(workdir, data=False)
+    plain = _plain(state["model"])
+    ours = {
+        tuple(str(getattr(k, "key", getattr(k, "name", k))) for k in path): leaf
+        for path, leaf in jax.tree_util.tree_leaves_with_path(model)
+    }
+    assert all(path[-1] == "value" for path in ours)
+    assert plain.keys() == ours.keys()
+    for path, array in ours.items():
+        np.testing.assert_array_equal(plain[path], np.asarray(array))

@@ -136,7 +136,7 @@ def test_debug_flag_keeps_the_traceback(tmp_path, monkeypatch):
         ),
         (train_main, ["--width", "0"], "--width must be >= 1; got 0"),
         (train_main, ["--reject-rate", "1"], "--reject-rate must be a fraction in [0, 1)"),
-        (losses_table.main, ["--val-fraction", "0"], "--val-fraction must be a fraction in (0, 1)"),
+        (losses_table.main, ["--val-fraction", "1"], "--val-fraction must be a fraction in [0, 1)"),
     ],
 )
 def test_a_refused_value_stops_the_command_before_any_workdir(

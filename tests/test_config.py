@@ -60,16 +60,20 @@ TEMPERATURE = "> 0 (tau, the temperature of GCPL's and RPL's distance logits)"
 WEIGHT_PL = ">= 0 (lambda of GCPL's prototype and RPL's radius term; 0: off)"
 BACKBONES = "lenet, mlp, resnet18, vgg32, wrn16_4"
 FIXED = "256 with --backbone wrn16_4 (its representation is its pooled last feature map)"
-SCORE_NAMES = "energy, jacobian, jacobian_stochastic, loss, max_cosine, max_logit, msp, openmax"
+SCORE_NAMES = (
+    "energy, jacobian, jacobian_stochastic, loss, loss_no_margin, max_cosine, max_logit, msp, "
+    "openmax"
+)
 REJECT = "a fraction in [0, 1) (of known-val rejected by the macro-F1 threshold)"
 TAIL = ">= 2 (the Weibull fit needs two distances per class)"
 SOURCES = (
     "cifar10, cifar100, digits, imagenet_crop, imagenet_resize, imagenet_resized/32x32, "
-    "lsun_crop, lsun_resize, mnist, svhn_cropped, tinyimagenet, toy2d"
+    "lsun_crop, lsun_resize, mnist, svhn_cropped, tinyimagenet, toy2d, or a data set prepared "
+    "from your own files in --data-dir (python -m jacosr.data.prepare NAME --from PATH)"
 )
 KNOWN = "at least 2 distinct class indices >= 0 (open-set recognition needs two known classes)"
 UNKNOWN = "unset (every class that is not known) or distinct class indices >= 0"
-VAL = "a fraction in (0, 1) (known-val sets the macro-F1 threshold, so it cannot be empty)"
+VAL = "a fraction in [0, 1) (0: no known-val, and no macro-F1)"
 BENCHMARKS = "mnist, svhn, cifar10, cifar+10, cifar+50, tinyimagenet"
 REFUSED = [
     (LossConfig, {"loss": "arcface"}, "--loss must be one of doc, gcpl, movr, nsce, rpl, sce"),
@@ -123,7 +127,7 @@ REFUSED = [
     (DataConfig, {"known": (-1, 2)}, f"--known must be {KNOWN}"),
     (DataConfig, {"unknown": ()}, f"--unknown must be {UNKNOWN}"),
     (DataConfig, {"split_seed": -1}, "--split-seed must be >= 0"),
-    (DataConfig, {"val_fraction": 0.0}, f"--val-fraction must be {VAL}"),
+    (DataConfig, {"val_fraction": -0.1}, f"--val-fraction must be {VAL}"),
     (DataConfig, {"val_fraction": 1.0}, f"--val-fraction must be {VAL}"),
     (DataConfig, {"benchmark": "cifar100"}, f"--benchmark must be unset or one of {BENCHMARKS}"),
     (DataConfig, {"protocol_split": 5}, "--protocol-split must be one of the standard splits 0..4"),

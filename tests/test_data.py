@@ -1,6 +1,7 @@
 """The open-set builder on the in-memory sources, and every bad input it must refuse."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -8,7 +9,9 @@ import pytest
 from jacosr.data import (
     SOURCES,
     DataConfig,
+    DataNotPreparedError,
     LabelledSource,
+    Split,
     load_open_set,
     load_source,
     open_set_split,
@@ -16,6 +19,7 @@ from jacosr.data import (
     to_float,
     toy2d_centres,
 )
+from jacosr.data.openset import split_sha256
 
 DIGITS_TOTAL = 1797  # scikit-learn's load_digits
 
@@ -143,8 +147,40 @@ def test_describe_is_json_and_complete(digits):
             "known_test": len(data.known_test.y),
             "unknown_test": len(data.unknown_test.y),
         },
+        "image_shape": [8, 8, 1],
+        "dtype": "float32",
+        "sha256": {name: split_sha256(getattr(data, name)) for name in desc["sizes"]},
     }
     assert all(v > 0 for v in desc["sizes"].values())
+    assert data.training_identity() == {
+        "source": "digits",
+        "known_classes": [4, 2, 0],
+        "image_shape": [8, 8, 1],
+        "dtype": "float32",
+        "known_train": {
+            "size": desc["sizes"]["known_train"],
+            "sha256": desc["sha256"]["known_train"],
+        },
+    }
+
+
+def test_split_fingerprint_changes_with_any_image_label_order_or_shape():
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 256, (6, 4, 4, 3), dtype=np.uint8), np.arange(6, dtype=np.int32)
+    digest = split_sha256(Split(x, y))
+    assert digest == split_sha256(Split(x.copy(), y.copy()))
+    assert digest == split_sha256(Split(np.asfortranarray(x), y))  # the values, not the layout
+    assert re.fullmatch(r"[0-9a-f]{64}", digest)
+    pixel = x.copy()
+    pixel[5, 3, 3, 2] ^= 1
+    others = [
+        Split(pixel, y),
+        Split(x, np.where(y == 5, 4, y).astype(np.int32)),
+        Split(x[::-1], y[::-1]),
+        Split(x.reshape(6, 4, 12, 1), y),
+        Split(x.astype(np.int16), y),
+    ]
+    assert len({digest, *(split_sha256(s) for s in others)}) == 1 + len(others)
 
 
 def test_default_unknown_is_every_other_class(digits):
@@ -182,10 +218,12 @@ def test_toy2d_through_the_config():
 
 
 def test_unknown_source_name_lists_the_valid_ones():
-    with pytest.raises(ValueError, match="unknown data set 'nope'") as err:
-        load_source("nope")
+    with pytest.raises(ValueError, match="unknown data set 'no pe'") as err:
+        load_source("no pe")  # cannot name a data set of the user's own either
     for name in SOURCES:
         assert name in str(err.value)
+    with pytest.raises(DataNotPreparedError, match=r"no data set 'nope' .*prepare nope --from"):
+        load_source("nope")  # could: how to prepare it
     with pytest.raises(ValueError, match=r"^--dataset must be one of cifar10, .*; got 'cifar11'"):
         DataConfig(dataset="cifar11")
 
@@ -216,9 +254,26 @@ def test_fewer_than_two_known_classes(digits, known):
         open_set_split(digits, known)
 
 
+def test_val_fraction_zero_trains_on_every_known_training_image(digits):
+    """Protocol A: no known-val; known-train is every training image of the known classes, in
+    the source's order."""
+    known = (3, 0, 7)
+    data = open_set_split(digits, known, val_fraction=0.0)
+    assert data.known_val.x.shape == (0, *digits.train_x.shape[1:]) and len(data.known_val.y) == 0
+    mask = np.isin(digits.train_y, known)
+    np.testing.assert_array_equal(data.known_train.x, digits.train_x[mask])
+    np.testing.assert_array_equal(
+        data.known_train.y, [known.index(c) for c in digits.train_y[mask]]
+    )
+    via_config = load_open_set(DataConfig(known=known, val_fraction=0.0))
+    np.testing.assert_array_equal(via_config.known_train.y, data.known_train.y)
+    assert via_config.describe()["sizes"]["known_val"] == 0
+
+
 def test_empty_known_val(digits):
+    """A known-val asked for but empty (too small a fraction of a class) is still refused."""
     with pytest.raises(ValueError, match=r"the known_val split of 'digits' .* is empty; raise"):
-        open_set_split(digits, (0, 1), val_fraction=0.0)
+        open_set_split(digits, (0, 1), val_fraction=0.001)
 
 
 def test_empty_unknown_test(digits):

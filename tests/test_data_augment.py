@@ -7,17 +7,19 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jacosr.data import AUGMENTATIONS, get_augmentation
+from jacosr.data import AUGMENTATIONS, DataConfig, get_augmentation
 from jacosr.data.augment import (
     colour_jitter,
     flip,
+    paper_augmentation,
     random_flip,
     random_translate,
     sample_shifts,
     translate,
 )
+from jacosr.train import TrainConfig, resolve
 
-NAMES = ["none", "weak", "strong"]
+NAMES = ["none", "weak", "translate", "strong"]
 # One batch shape throughout keeps compilations (the slow part on 2 cores) few.
 B, H, W = 8, 8, 9
 TRACES: Counter = Counter()
@@ -143,6 +145,53 @@ def test_weak_is_a_translation_then_maybe_a_flip():
             for f in (False, True)
         ]
         assert any(np.array_equal(out[b], c) for c in candidates)
+
+
+def test_translate_is_weak_without_the_flip():
+    """The same key draws the same shifts as ``weak``, and the images are never flipped."""
+    x = np.asarray(_images())
+    key = jax.random.key(5)
+    k_shift, _ = jax.random.split(key)
+    shifts = np.asarray(sample_shifts(k_shift, B))
+    weak = np.asarray(JITTED["weak"](key, jnp.asarray(x)))
+    # weak's shift key is the first half of its split; translate's is the key itself
+    np.testing.assert_array_equal(
+        JITTED["translate"](k_shift, jnp.asarray(x)), _translate_ref(x, shifts)
+    )
+    moved = _translate_ref(x, shifts)
+    assert all(
+        np.array_equal(weak[b], moved[b]) or np.array_equal(weak[b], moved[b, :, ::-1])
+        for b in range(B)
+    )
+
+
+def test_the_papers_augmentation_per_source_and_benchmark():
+    """Handwritten digits are translated, never flipped (ARPL's MNIST loader does not flip);
+    every other source gets the paper's weak augmentation. ``auto`` follows it on image data
+    (the benchmark's source decides) and stays off on digits and toy2d."""
+    assert {s: paper_augmentation(s) for s in ("mnist", "digits", "svhn_cropped", "cifar10")} == {
+        "mnist": "translate",
+        "digits": "translate",
+        "svhn_cropped": "weak",
+        "cifar10": "weak",
+    }
+    auto = {
+        name: resolve(TrainConfig(data=DataConfig(benchmark=name))).augment
+        for name in ("mnist", "svhn", "cifar10", "cifar+50", "tinyimagenet")
+    }
+    assert auto == {
+        "mnist": "translate",
+        "svhn": "weak",
+        "cifar10": "weak",
+        "cifar+50": "weak",
+        "tinyimagenet": "weak",
+    }
+    assert resolve(TrainConfig(data=DataConfig(dataset="mnist"))).augment == "translate"
+    assert resolve(TrainConfig()).augment == "none"  # digits
+    assert resolve(TrainConfig(data=DataConfig(dataset="toy2d"))).augment == "none"
+    assert resolve(TrainConfig(data=DataConfig(benchmark="mnist"), augment="weak")).augment == (
+        "weak"
+    )  # set by hand: kept
 
 
 def _jitter_ref(key, x: np.ndarray, strength: float) -> np.ndarray:

@@ -218,9 +218,22 @@ def test_tfds_not_prepared_says_why_and_the_exact_command(
         load_source(name, tmp_path)
     command = f"`python -m jacosr.data.prepare {name} --data-dir {tmp_path}`"
     install = " (it needs TensorFlow: pip install 'jacosr[data]')" if not tensorflow else ""
+    files = {
+        "mnist": "idx files train-images-idx3-ubyte, train-labels-idx1-ubyte, "
+        "t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte, .gz or not",
+        "cifar10": "cifar-10-batches-py: data_batch_1..5, test_batch, batches.meta",
+        "cifar100": "cifar-100-python: train, test, meta",
+        "svhn_cropped": "train_32x32.mat and test_32x32.mat",
+    }
+    own = (
+        f", or, from your own copy ({files[name]}), `python -m jacosr.data.prepare {name} "
+        f"--from PATH --data-dir {tmp_path}` with PATH the folder that holds it"
+        if name in files
+        else ""
+    )
     assert str(err.value) == (
         f"the TFDS data set {name!r} is not prepared: {tmp_path / 'tfds' / name} does not exist; "
-        f"run {command}{install}"
+        f"run {command}{install}{own}"
     )
     assert caplog.records == []  # not TFDS's warning about a "variant folder" it never had
     assert not (tmp_path / "cache").exists()  # nothing half-written
@@ -235,7 +248,10 @@ def test_tfds_folder_that_tfds_cannot_read_is_to_be_deleted(tmp_path, monkeypatc
     assert str(err.value) == (
         f"the TFDS data set 'cifar10' in {folder} cannot be read: it holds no finished "
         f"array_record build (it was built as TFRecord, or its build stopped); delete {folder}, "
-        f"then run `python -m jacosr.data.prepare cifar10 --data-dir {tmp_path}`"
+        f"then run `python -m jacosr.data.prepare cifar10 --data-dir {tmp_path}`, or, from your "
+        "own copy (cifar-10-batches-py: data_batch_1..5, test_batch, batches.meta), "
+        f"`python -m jacosr.data.prepare cifar10 --from PATH --data-dir {tmp_path}` with PATH the "
+        "folder that holds it"
     )
 
 
@@ -592,10 +608,8 @@ def test_prepare_force_rebuilds(tmp_path):
 def test_prepare_refuses_what_needs_no_preparation(tmp_path, capsys):
     with pytest.raises(ValueError, match="nothing to prepare for 'digits'"):
         prepare("digits", tmp_path)
-    with pytest.raises(SystemExit) as exit_:
+    with pytest.raises(ValueError, match=r"^nothing to prepare for 'toy2d'; built-in data sets"):
         main(["toy2d", "--data-dir", str(tmp_path)])
-    assert exit_.value.code == 2
-    assert "invalid choice 'toy2d'" in capsys.readouterr().err
     with pytest.raises(ValueError, match=r"^name at least one data set to prepare, out of: mnist"):
         main(["--data-dir", str(tmp_path)])
 

@@ -5,16 +5,30 @@ tiny model, the splits and scores it refuses."""
 import dataclasses
 import json
 
+import jax
 import numpy as np
 import pytest
 from flax import nnx
 
 from jacosr.data import OpenSetData, Split
-from jacosr.evaluate import SCORE_METRICS, EvalConfig, evaluate, format_table, predict
+from jacosr.evaluate import (
+    SCORE_METRICS,
+    EvalConfig,
+    evaluate,
+    format_table,
+    predict,
+    subset_indices,
+)
 from jacosr.losses import LossConfig
-from jacosr.metrics import metric_auroc, metric_dbi, metric_macro_f1, metric_oscr
-from jacosr.models import ModelConfig, OpenSetNet, split_model
-from jacosr.scores import SCORES, score_loss
+from jacosr.metrics import (
+    metric_auroc,
+    metric_dbi,
+    metric_fpr_at_tpr,
+    metric_macro_f1,
+    metric_oscr,
+)
+from jacosr.models import ModelConfig, OpenSetNet, embedding_fn, split_model
+from jacosr.scores import SCORES, ScoreConfig, score_loss
 from jacosr.train import load_run
 
 
@@ -41,7 +55,8 @@ def test_score_sign_every_score_beats_chance(table, name):
 @pytest.mark.slow
 def test_table_is_tidy_json_and_prints(table, trained):
     _, data, _, _ = trained
-    assert set(table) == {"accuracy", "split", "eval", "embedding", "scores"}
+    assert set(table) == {"accuracy", "split", "eval", "embedding", "scores", "subsets"}
+    assert table["subsets"] == {}  # digits' splits are below the Jacobian sample cap
     assert table["split"] == data.describe()
     assert list(table["scores"]) == list(SCORES)
     for row in table["scores"].values():
@@ -112,13 +127,33 @@ def tiny():
     return graphdef, state, data
 
 
-@pytest.mark.parametrize("empty", ["unknown_test", "known_test", "known_val"])
+@pytest.mark.parametrize("empty", ["unknown_test", "known_test"])
 def test_an_empty_split_is_a_clear_error(tiny, empty):
     graphdef, state, data = tiny
     x, y = getattr(data, empty)
     data = dataclasses.replace(data, **{empty: Split(x[:0], y[:0])})
     with pytest.raises(ValueError, match=rf"^cannot evaluate .*: {empty} holds no samples; the"):
         evaluate(graphdef, state, data, LossConfig(), EvalConfig(scores=("msp",)))
+
+
+def test_without_known_val_there_is_no_macro_f1_and_the_rest_is_unchanged(tiny):
+    """Protocol A has no known-val (val_fraction 0): every other metric is reported as with
+    one, macro-F1 is left out (the table stays strict JSON) and the printed table drops it."""
+    graphdef, state, data = tiny
+    config = EvalConfig(scores=("msp", "loss"))
+    full = evaluate(graphdef, state, data, LossConfig(), config)
+    x, y = data.known_val
+    no_val = dataclasses.replace(data, known_val=Split(x[:0], y[:0]))
+    table = evaluate(graphdef, state, no_val, LossConfig(), config)
+    for name in ("msp", "loss"):
+        assert list(table["scores"][name]) == [m for m in SCORE_METRICS if m != "macro_f1"]
+        assert table["scores"][name] == {
+            m: v for m, v in full["scores"][name].items() if m != "macro_f1"
+        }
+    json.dumps(table, allow_nan=False)
+    header = format_table(table).splitlines()[2].split()
+    assert header == ["score", "auroc", "aupr_in", "aupr_out", "fpr95", "oscr"]
+    assert format_table(full).splitlines()[2].split()[-1] == "macro_f1"
 
 
 def test_an_empty_known_train_is_refused_only_when_a_score_fits_on_it(tiny):
@@ -146,3 +181,52 @@ def test_non_finite_scores_name_the_score_the_split_and_the_count(tiny, split, n
         ValueError, match=rf"^score 'energy' is NaN or infinite for {count} of 5 {name} samples;"
     ):
         evaluate(graphdef, state, data, LossConfig(), EvalConfig(scores=("energy",)))
+
+
+# --- the Jacobian scores on big test sets: a seeded subset of each split --------------------
+
+
+@pytest.mark.parametrize(("n", "cap"), [(10, 4), (10, 10), (3, 5), (7, 0)])
+def test_subset_indices_are_a_seeded_sorted_sample(n, cap):
+    idx = subset_indices(n, cap, (0, 1))
+    expected = np.arange(n) if cap in (0, n) or n < cap else None
+    if expected is None:
+        assert len(idx) == cap and len(set(idx)) == cap and 0 <= idx.min() and idx.max() < n
+        assert np.all(np.diff(idx) > 0)
+        np.testing.assert_array_equal(idx, subset_indices(n, cap, (0, 1)))
+        assert not all(np.array_equal(idx, subset_indices(n, cap, (s, 1))) for s in range(1, 5))
+    else:
+        np.testing.assert_array_equal(idx, expected)
+
+
+def test_jacobian_scores_use_a_seeded_subset_of_each_split(tiny):
+    """Above the cap, the Jacobian row is computed on the documented subset alone (its norms
+    against dense jacfwd, its predictions and labels subset alike); the other scores see every
+    sample; the results and the printed table say so."""
+    graphdef, state, data = tiny
+    config = EvalConfig(scores=("msp", "jacobian"), score=ScoreConfig(jacobian_max_samples=3))
+    table = evaluate(graphdef, state, data, LossConfig(), config)
+    assert table["subsets"] == {"jacobian": {"known_val": 3, "known_test": 3, "unknown_test": 3}}
+    jac = jax.jit(jax.vmap(jax.jacfwd(embedding_fn(graphdef, state))))
+
+    def norms(split, i):
+        keep = np.sort(np.random.default_rng((0, i)).choice(5, size=3, replace=False))
+        dense = np.asarray(jac(split.x[keep])).reshape(3, -1)
+        return np.linalg.norm(dense, axis=1), keep
+
+    known, keep = norms(data.known_test, 1)
+    unknown, _ = norms(data.unknown_test, 2)
+    row = table["scores"]["jacobian"]
+    np.testing.assert_allclose(row["auroc"], metric_auroc(known, unknown), rtol=1e-6)
+    np.testing.assert_allclose(row["fpr95"], metric_fpr_at_tpr(known, unknown), rtol=1e-6)
+    pred = np.argmax(predict(graphdef, state, data.known_test.x).class_scores, -1)[keep]
+    correct = pred == data.known_test.y[keep]
+    np.testing.assert_allclose(row["oscr"], metric_oscr(known, correct, unknown), rtol=1e-6)
+    assert "macro_f1" in row
+    full = evaluate(graphdef, state, data, LossConfig(), EvalConfig(scores=("msp",)))
+    assert table["scores"]["msp"] == full["scores"]["msp"]  # every sample
+    text = format_table(table)
+    assert text.splitlines()[-1] == (
+        "jacobian: on a seeded subset (3 of 5 known-val, 3 of 5 known-test, 3 of 5 "
+        "unknown-test; --jacobian-max-samples)"
+    )

@@ -2,6 +2,7 @@
 as Bendale & Boult's algorithm, Jacobian norms against dense jacfwd)."""
 
 import math
+import re
 
 import jax
 import jax.numpy as jnp
@@ -9,11 +10,13 @@ import numpy as np
 import pytest
 from scipy.stats import weibull_min
 
+import jacosr.jacobian.driver
+from jacosr import jacobian
 from jacosr.losses import LOSSES, LossConfig, per_sample_loss
 from jacosr.models import Outputs
 from jacosr.scores import (
     SCORES,
-    OpenMax,
+    OpenMaxFit,
     ScoreConfig,
     ScoreContext,
     class_means,
@@ -23,6 +26,7 @@ from jacosr.scores import (
     score_jacobian,
     score_jacobian_stochastic,
     score_loss,
+    score_loss_no_margin,
     score_max_cosine,
     score_max_logit,
     score_msp,
@@ -36,6 +40,7 @@ def test_unknown_score_is_a_clear_error():
         score_spec("odin")
     assert set(SCORES) == {
         "loss",
+        "loss_no_margin",
         "msp",
         "max_logit",
         "energy",
@@ -76,6 +81,31 @@ def test_loss_score_is_the_loss_at_the_pseudo_label(name):
         )
 
 
+def _movr_ref(cos: np.ndarray, label: int, scale: float, margin: float) -> float:
+    """Eq. 23-24 for one sample, written out: -log sigma(T s_y) - sum_{k != y} log(1 - sigma(T s_k))
+    with s_k = cos(arccos(c_k) + m)."""
+    s = np.cos(np.arccos(cos) + margin)
+    p = 1 / (1 + np.exp(-scale * s))
+    return float(-np.log(p[label]) - sum(np.log(1 - p[k]) for k in range(len(s)) if k != label))
+
+
+def test_loss_score_with_and_without_the_margin():
+    """``loss`` is m-OvR at the pseudo label with the training margin, ``loss_no_margin`` the
+    same loss with m = 0; for losses without a margin the two are the same score."""
+    cos = np.array([[0.9, 0.1, -0.3], [-0.2, 0.4, 0.35], [0.05, -0.6, -0.1]])
+    out = Outputs(jnp.ones((3, 4)), jnp.asarray(cos, jnp.float32))
+    config = LossConfig(loss="movr", scale=4.0, margin_pos=0.3, margin_neg=0.3)
+    pseudo = cos.argmax(-1)
+    with_margin = [_movr_ref(c, p, 4.0, 0.3) for c, p in zip(cos, pseudo, strict=True)]
+    without = [_movr_ref(c, p, 4.0, 0.0) for c, p in zip(cos, pseudo, strict=True)]
+    np.testing.assert_allclose(score_loss(out, config), with_margin, rtol=1e-5)
+    np.testing.assert_allclose(score_loss_no_margin(out, config), without, rtol=1e-5)
+    assert not np.allclose(with_margin, without)
+    for name in ("sce", "nsce", "doc"):
+        same = LossConfig(loss=name)
+        np.testing.assert_array_equal(score_loss_no_margin(out, same), score_loss(out, same))
+
+
 def test_max_cosine_against_numpy():
     rng = np.random.default_rng(2)
     f, mu = rng.normal(size=(7, 3)), rng.normal(size=(4, 3))
@@ -92,7 +122,7 @@ def test_class_means_and_missing_class():
         class_means(x, np.array([0, 0, 1]), 3)
 
 
-def _openmax_reference(model: OpenMax, v: np.ndarray, alpha: int) -> float:
+def _openmax_reference(model: OpenMaxFit, v: np.ndarray, alpha: int) -> float:
     """Bendale & Boult (2016), Alg. 2, written out for one activation vector ``v: [K]``."""
     ranked = np.argsort(-v)
     w = np.ones(len(v))
@@ -110,7 +140,7 @@ def _openmax_reference(model: OpenMax, v: np.ndarray, alpha: int) -> float:
 @pytest.mark.parametrize("alpha", [1, 2, 3])
 def test_openmax_matches_the_algorithm(alpha):
     rng = np.random.default_rng(alpha)
-    model = OpenMax(rng.normal(size=(3, 3)) + 2, rng.uniform(1, 4, 3), rng.uniform(0.5, 2, 3))
+    model = OpenMaxFit(rng.normal(size=(3, 3)) + 2, rng.uniform(1, 4, 3), rng.uniform(0.5, 2, 3))
     v = rng.normal(size=(9, 3)) + 2
     expected = [_openmax_reference(model, row, alpha) for row in v]
     np.testing.assert_allclose(score_openmax(model, v, alpha=alpha), expected, rtol=1e-6)
@@ -194,3 +224,40 @@ def test_registry_builds_scorers_from_the_context():
     np.testing.assert_allclose(
         SCORES["max_cosine"].make(ctx)(out, x), score_max_cosine(out.embedding, means)
     )
+
+
+def test_only_the_jacobian_scores_differentiate_the_model():
+    differentiating = {name for name, spec in SCORES.items() if spec.differentiates}
+    assert differentiating == {"jacobian", "jacobian_stochastic"}
+
+
+def test_the_jacobian_sample_cap_is_refused_below_zero():
+    assert ScoreConfig(jacobian_max_samples=0).jacobian_max_samples == 0  # 0: every sample
+    with pytest.raises(ValueError, match=r"^--jacobian-max-samples must be >= 0 .*; got -1$"):
+        ScoreConfig(jacobian_max_samples=-1)
+
+
+def test_max_cosine_needs_only_embeddings():
+    """Fitted from embeddings and labels alone (no class scores), as for a model's exported
+    features: the classes come from the labels."""
+    rng = np.random.default_rng(6)
+    emb, labels = rng.normal(size=(30, 4)), np.arange(30) % 3
+    ctx = ScoreContext(LossConfig(), ScoreConfig(), None, None, Outputs(emb, None), labels)
+    test = Outputs(rng.normal(size=(5, 4)), None)
+    expected = score_max_cosine(test.embedding, class_means(emb, labels, 3))
+    np.testing.assert_allclose(SCORES["max_cosine"].make(ctx)(test, None), expected)
+
+
+@pytest.mark.parametrize("progress", [None, "norms"])
+def test_a_long_jacobian_call_prints_its_estimate(monkeypatch, capsys, progress):
+    """With a label, the time estimate is printed once the first chunk is back, when it reaches
+    ESTIMATE_MIN_SECONDS (0 here, so whatever the machine's speed); without one, nothing."""
+    monkeypatch.setattr(jacosr.jacobian.driver, "ESTIMATE_MIN_SECONDS", 0.0)
+    params, xs = _tiny_params(), _inputs(7, 5)
+    norms = jacobian.jacobian_norms(_tiny, xs, params=params, chunk_size=1, progress=progress)
+    np.testing.assert_allclose(norms, score_jacobian(_tiny, xs, params=params), rtol=1e-6)
+    err = capsys.readouterr().err
+    if progress is None:
+        assert err == ""
+    else:
+        assert re.search(r"^norms: 5 samples, about \d+ s$", err, re.MULTILINE), err

@@ -1,7 +1,9 @@
-"""Open-set data: labelled sources, the open-set split, standard splits, on-device augmentation."""
+"""Open-set data: labelled sources (built in, or from your own arrays and files), the open-set
+split, standard splits, on-device augmentation."""
 
 from jacosr.data.augment import AUGMENTATIONS, get_augmentation
 from jacosr.data.config import DataConfig
+from jacosr.data.files import FORMATS, read_files, source_from_arrays
 from jacosr.data.labelled import DataNotPreparedError, resize_source
 from jacosr.data.openset import (
     OpenSetData,
@@ -21,6 +23,7 @@ from jacosr.data.splits import (
 __all__ = [
     "AUGMENTATIONS",
     "BENCHMARKS",
+    "FORMATS",
     "SOURCES",
     "DataConfig",
     "DataNotPreparedError",
@@ -34,7 +37,9 @@ __all__ = [
     "protocol_a_classes",
     "protocol_a_config",
     "protocol_b_config",
+    "read_files",
     "resize_source",
+    "source_from_arrays",
     "to_float",
     "toy2d_centres",
 ]

@@ -10,15 +10,19 @@ registry ``AUGMENTATIONS`` (:func:`get_augmentation` lists the valid names on a 
   by up to 4 px in each direction (torchvision's ``RandomCrop(32, padding=4)``: pad by 4 px,
   crop a random window back to the original size), then a random horizontal flip with
   probability 1/2. Padding is black (-1, what ``RandomCrop`` pads a [0, 1] image with).
+* ``translate``: ``weak`` without the flip, for handwritten digits (see below).
 * ``strong``: ``weak`` followed by colour jitter: brightness, contrast and saturation factors
   each drawn uniformly from [0.6, 1.4] (torchvision's ``ColorJitter(0.4, 0.4, 0.4)``), applied
   in that fixed order (torchvision shuffles the order) on [0, 1] intensities and clipped. The
   crop is the same pad-4 crop as ``weak``, not a random-resized crop: at 32x32 a
   random-resized crop throws away most of an image. For 1-channel images saturation is a no-op.
 
-Flips are part of the paper's weak augmentation, but digits are not flip-invariant (a flipped 2
-or 5 is no digit); choosing ``none`` or writing the translation alone
-(:func:`random_translate`) for MNIST-like data is the caller's decision.
+Flips are part of the paper's weak augmentation ("image flipping and translation", Sec. VI-A),
+but handwritten digits are not flip-invariant (a flipped 2 or 5 is no digit). ARPL's MNIST loader
+does not flip (it does not augment MNIST at all; its CIFAR, SVHN and TinyImageNet loaders crop and
+flip). :func:`paper_augmentation` names the paper's weak augmentation for a source: ``translate``
+for the handwritten digits of ``DIGIT_SOURCES``, ``weak`` otherwise (SVHN's house numbers are
+flipped, as ARPL does).
 """
 
 from __future__ import annotations
@@ -118,6 +122,11 @@ def augment_weak(key: jax.Array, x: jax.Array) -> jax.Array:
     return random_flip(k_flip, random_translate(k_shift, x))
 
 
+def augment_translate(key: jax.Array, x: jax.Array) -> jax.Array:
+    """Random translation by up to 4 px (black padding), no flip: ``weak`` for digits."""
+    return random_translate(key, x)
+
+
 def augment_strong(key: jax.Array, x: jax.Array) -> jax.Array:
     """``weak``, then colour jitter (brightness, contrast, saturation, strength 0.4)."""
     k_weak, k_colour = jax.random.split(key)
@@ -127,8 +136,12 @@ def augment_strong(key: jax.Array, x: jax.Array) -> jax.Array:
 AUGMENTATIONS: dict[str, Augmentation] = {
     "none": augment_none,
     "weak": augment_weak,
+    "translate": augment_translate,
     "strong": augment_strong,
 }
+
+DIGIT_SOURCES = frozenset({"mnist", "digits"})
+"""Sources of handwritten digits, which a horizontal flip does not preserve."""
 
 
 def get_augmentation(name: str) -> Augmentation:
@@ -138,3 +151,10 @@ def get_augmentation(name: str) -> Augmentation:
             f"unknown augmentation {name!r}; valid augmentations are: {', '.join(AUGMENTATIONS)}"
         )
     return AUGMENTATIONS[name]
+
+
+def paper_augmentation(source: str) -> str:
+    """The name of the paper's weak augmentation for the images of ``source`` (a
+    ``jacosr.data.SOURCES`` name): ``translate`` for handwritten digits (``DIGIT_SOURCES``:
+    a flip does not preserve them, and ARPL's MNIST loader does not flip), else ``weak``."""
+    return "translate" if source in DIGIT_SOURCES else "weak"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from jacosr.config import require
 from jacosr.data.labelled import DEFAULT_DATA_DIR
-from jacosr.data.sources import SOURCES
+from jacosr.data.sources import SOURCES, is_prepared
 
 
 @dataclass(frozen=True)
@@ -17,16 +17,24 @@ class DataConfig:
     Its fields are flat command-line flags (``--dataset``, ``--known``, ``--benchmark``, ...).
 
     Attributes:
-      dataset: source of the known classes (see ``jacosr.data.SOURCES``).
+      dataset: source of the known classes: a built-in data set (``jacosr.data.SOURCES``;
+        the image data sets are prepared once, see ``python -m jacosr.data.prepare --help``),
+        or your own, prepared from your files under a name of yours with ``python -m
+        jacosr.data.prepare NAME --from PATH`` (a .npz, MNIST idx files, CIFAR python
+        pickles, SVHN .mat files or class folders of images).
       known: original class indices of the known classes (their order defines labels 0..K-1).
       unknown: original class indices of the unknown classes, in ``unknown_dataset`` when that
         is set; default: every class of the unknown source that is not known.
       split_seed: seed of the known-train / known-val partition.
-      val_fraction: fraction of each known class's training images held out as known-val.
-      data_dir: where prepared data sets live (image sources only).
+      val_fraction: fraction of each known class's training images held out as known-val,
+        which sets the macro-F1 threshold (Protocol B); 0: none held out, every known training
+        image is trained on and no macro-F1 is reported (Protocol A needs no known-val).
+      data_dir: where prepared data sets live: TFDS files in tfds/, the decoded caches (your
+        own data sets' too) in cache/.
       unknown_dataset: source of the unknown test images when they come from another data set
-        (CIFAR+10/+50: ``cifar100``; Protocol B: an OOD folder such as ``lsun_crop``); default:
-        the unknown classes of ``dataset`` itself.
+        (CIFAR+10/+50: ``cifar100``; Protocol B: an OOD folder such as ``lsun_crop``; or one
+        of your own, which may hold test images only); default: the unknown classes of
+        ``dataset`` itself.
       benchmark: a Protocol A benchmark (``mnist``, ``svhn``, ``cifar10``, ``cifar+10``,
         ``cifar+50``, ``tinyimagenet``); it sets dataset, known, unknown, unknown_dataset (and
         image_size for MNIST) from the standard split ``protocol_split``
@@ -37,11 +45,10 @@ class DataConfig:
         then resized.
 
     Refused when built (``ValueError`` naming the flag), so before any data is read: an unknown
-    data set or benchmark, fewer than two known classes, duplicated or negative class indices,
-    an empty unknown list, a val_fraction outside (0, 1) (known-val sets the macro-F1
-    threshold, so it cannot be empty), a protocol_split outside 0..4, an image_size below 1, a
-    negative split_seed. Class indices beyond the source's classes are refused when it is
-    loaded.
+    data set (neither built in nor prepared in data_dir) or benchmark, fewer than two known
+    classes, duplicated or negative class indices, an empty unknown list, a val_fraction
+    outside [0, 1), a protocol_split outside 0..4, an image_size below 1, a negative
+    split_seed. Class indices beyond the source's classes are refused when it is loaded.
     """
 
     dataset: str = "digits"
@@ -59,10 +66,19 @@ class DataConfig:
         # splits.py builds DataConfigs, so its registry is imported here, not at the top.
         from jacosr.data.splits import BENCHMARKS, NUM_SPLITS
 
-        sources = ", ".join(sorted(SOURCES))
-        require(self.dataset in SOURCES, "--dataset", f"one of {sources}", self.dataset)
+        sources = (
+            f"{', '.join(sorted(SOURCES))}, or a data set prepared from your own files in "
+            "--data-dir (python -m jacosr.data.prepare NAME --from PATH)"
+        )
         require(
-            self.unknown_dataset is None or self.unknown_dataset in SOURCES,
+            self.dataset in SOURCES or is_prepared(self.dataset, self.data_dir),
+            "--dataset",
+            f"one of {sources}",
+            self.dataset,
+        )
+        require(
+            self.unknown_dataset in (None, *SOURCES)
+            or is_prepared(self.unknown_dataset, self.data_dir),
             "--unknown-dataset",
             f"unset or one of {sources}",
             self.unknown_dataset,
@@ -81,9 +97,9 @@ class DataConfig:
         )
         require(self.split_seed >= 0, "--split-seed", ">= 0", self.split_seed)
         require(
-            0 < self.val_fraction < 1,
+            0 <= self.val_fraction < 1,
             "--val-fraction",
-            "a fraction in (0, 1) (known-val sets the macro-F1 threshold, so it cannot be empty)",
+            "a fraction in [0, 1) (0: no known-val, and no macro-F1)",
             self.val_fraction,
         )
         require(

@@ -60,8 +60,9 @@ IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp"})
 _PROGRESS_MIN = 20_000
 
 
-def decode_image(path: Path, size: int) -> np.ndarray:
-    """One image file as ``[size, size, 3]`` uint8 RGB.
+def decode_image(path: Path, size: int | None, mode: str = "RGB") -> np.ndarray:
+    """One image file as ``[size, size, C]`` uint8, in Pillow ``mode`` ``"RGB"`` (C = 3) or
+    ``"L"`` (greyscale, C = 1); ``size=None``: ``[H, W, C]``, its own size.
 
     An image of another size is centre-cropped to a square of its short side, then resized with
     Pillow's bilinear filter (antialiased when shrinking).
@@ -69,21 +70,35 @@ def decode_image(path: Path, size: int) -> np.ndarray:
     from PIL import Image
 
     with Image.open(path) as img:
-        img = img.convert("RGB")
-        if img.size != (size, size):
+        img = img.convert(mode)
+        if size is not None and img.size != (size, size):
             w, h = img.size
             s = min(w, h)
             left, top = (w - s) // 2, (h - s) // 2
             img = img.crop((left, top, left + s, top + s))
             img = img.resize((size, size), Image.Resampling.BILINEAR)
-        return np.asarray(img, dtype=np.uint8)
+        return np.asarray(img, dtype=np.uint8).reshape(img.height, img.width, -1)
 
 
-def decode_images(paths: list[Path], size: int, desc: str) -> np.ndarray:
-    """Files -> ``[N, size, size, 3]`` uint8."""
-    x = np.empty((len(paths), size, size, 3), dtype=np.uint8)
+def decode_images(paths: list[Path], size: int | None, desc: str, mode: str = "RGB") -> np.ndarray:
+    """At least one file -> ``[N, size, size, C]`` uint8 (see :func:`decode_image`).
+    ``size=None`` keeps the images' size, ``[N, H, W, C]``, which must then be the same for
+    all (else ``ValueError`` naming two files and their sizes)."""
+    x = None
     for i, path in enumerate(tqdm(paths, desc=desc, disable=len(paths) < _PROGRESS_MIN)):
-        x[i] = decode_image(path, size)
+        image = decode_image(path, size, mode)
+        if x is None:
+            x = np.empty((len(paths), *image.shape), dtype=np.uint8)
+        elif image.shape != x.shape[1:]:
+            h, w = x.shape[1:3]
+            raise ValueError(
+                f"{path} is {image.shape[1]}x{image.shape[0]} pixels but {paths[0]} is {w}x{h}; "
+                "images of different sizes need a common size (--image-size N crops each to a "
+                "centred square and resizes it to N x N)"
+            )
+        x[i] = image
+    if x is None:
+        raise ValueError(f"{desc}: no image files")
     return x
 
 

@@ -1,9 +1,12 @@
 """The labelled-source type, its on-disk cache, and resizing.
 
 A prepared image source is cached as one uncompressed ``.npz`` of uint8 arrays in
-``<data_dir>/cache/<name>.npz`` (a ``/`` in the name becomes ``-``). The cache is written to a
-temporary file and renamed into place, so an interrupted write never leaves a partial cache under
-the real name; an unreadable or inconsistent cache is rebuilt from the raw data, with a warning.
+``<data_dir>/cache/<name>.npz`` (a ``/`` in the name becomes ``-``): train_x, train_y, test_x,
+test_y, num_classes, format and, when the files name the classes, class_names. The cache is
+written to a temporary file and renamed into place, so an interrupted write never leaves a
+partial cache under the real name; an unreadable or inconsistent cache is rebuilt from the raw
+data, with a warning (a data set prepared from the user's own files has no raw data here: its
+unreadable cache is an error saying to prepare it again, see :mod:`jacosr.data.sources`).
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ class LabelledSource:
       train_x, test_x: ``[N, H, W, C]`` float32 in [-1, 1] or uint8 in [0, 255].
       train_y, test_y: ``[N]`` int32 original class indices in ``0..num_classes-1``.
       num_classes: number of classes of the source.
+      class_names: the name of each class index, when the files name them (CIFAR's meta files,
+        the folders of an image folder); None otherwise.
 
     An out-of-distribution test set (Protocol B) has an empty train partition (``N = 0``) and a
     single class 0.
@@ -43,6 +48,7 @@ class LabelledSource:
     test_x: np.ndarray
     test_y: np.ndarray
     num_classes: int
+    class_names: tuple[str, ...] | None = None
 
 
 class DataNotPreparedError(FileNotFoundError):
@@ -50,12 +56,15 @@ class DataNotPreparedError(FileNotFoundError):
     that prepares it (:func:`prepare_command`)."""
 
 
-def prepare_command(name: str, data_dir: Path | None = None) -> str:
-    """The shell command that prepares the source ``name`` in ``data_dir``.
+def prepare_command(name: str, data_dir: Path | None = None, *, from_files: bool = False) -> str:
+    """The shell command that prepares the source ``name`` in ``data_dir``; ``from_files``:
+    from the user's files, ``--from PATH`` (PATH left for the user to fill in).
 
     It names ``--data-dir`` unless ``data_dir`` is the default, so that following it prepares
     the folder the failing command reads."""
     command = f"python -m jacosr.data.prepare {shlex.quote(name)}"
+    if from_files:
+        command += " --from PATH"
     if data_dir is not None and Path(data_dir).expanduser().absolute() != DEFAULT_DATA_DIR:
         command += f" --data-dir {shlex.quote(str(data_dir))}"
     return command
@@ -77,6 +86,7 @@ def save_cache(source: LabelledSource, path: Path) -> None:
                 format=np.int64(CACHE_FORMAT),
                 num_classes=np.int64(source.num_classes),
                 **{k: getattr(source, k) for k in _ARRAYS},
+                **({} if source.class_names is None else {"class_names": source.class_names}),
             )
         os.replace(tmp, path)
     finally:
@@ -108,8 +118,11 @@ def load_cache(path: Path, name: str) -> LabelledSource | None:
             raise ValueError(f"cache format {int(z['format'])}, expected {CACHE_FORMAT}")
         num_classes = int(z["num_classes"])
         arrays = {k: z[k] for k in _ARRAYS}
+        names = tuple(str(c) for c in z["class_names"]) if "class_names" in z else None
     _check_cache(arrays, num_classes)
-    return LabelledSource(name, num_classes=num_classes, **arrays)
+    if names is not None and len(names) != num_classes:
+        raise ValueError(f"{len(names)} class names for {num_classes} classes")
+    return LabelledSource(name, num_classes=num_classes, class_names=names, **arrays)
 
 
 def cached_source(

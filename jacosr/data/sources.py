@@ -17,13 +17,18 @@ Sources and where their data lives (``data_dir`` defaults to ``~/.cache/jacosr``
   tinyimagenet             ``<data_dir>/tiny-imagenet-200`` (:mod:`jacosr.data.folders`)
   imagenet_crop, imagenet_resize, lsun_crop, lsun_resize
                            ODIN's out-of-distribution folders, test only (same module)
+  any other name           a data set prepared from the user's own files by
+                           ``python -m jacosr.data.prepare NAME --from PATH``
+                           (:mod:`jacosr.data.files`); it is its cache, nothing else
 
 Every image source is decoded once and cached as uint8 arrays in ``<data_dir>/cache``
-(:mod:`jacosr.data.labelled`).
+(:mod:`jacosr.data.labelled`); ``prepare mnist --from PATH`` (and ``cifar10``, ``cifar100``,
+``svhn_cropped``) writes the cache of a TFDS source from the user's files instead.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -31,7 +36,16 @@ from pathlib import Path
 import numpy as np
 
 from jacosr.data.folders import OOD_FOLDERS, read_ood_folder, read_tinyimagenet
-from jacosr.data.labelled import LabelledSource, cached_source
+from jacosr.data.labelled import (
+    CACHE_ERRORS,
+    DEFAULT_DATA_DIR,
+    DataNotPreparedError,
+    LabelledSource,
+    cache_path,
+    cached_source,
+    load_cache,
+    prepare_command,
+)
 from jacosr.data.tfds_sources import TFDS_NAMES, read_tfds
 
 # The digits and toy2d train/test partitions are fixed (not the experiment's seed), so that the
@@ -124,10 +138,57 @@ SOURCES: dict[str, Callable[[Path | None], LabelledSource]] = {
 PREPARED_SOURCES = (*TFDS_NAMES, "tinyimagenet", *OOD_FOLDERS)
 
 
+_OWN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
+
+
+def is_own_name(name: str) -> bool:
+    """Whether ``name`` can name a data set of the user's own: letters, digits, ``.``, ``_``,
+    ``+``, ``-`` (a file name in the cache folder), and not a built-in source's name or
+    cache file."""
+    taken = {cache_path(None, s).name for s in SOURCES}
+    return bool(_OWN_NAME.fullmatch(name)) and cache_path(None, name).name not in taken
+
+
+def is_prepared(name: str, data_dir: Path | None) -> bool:
+    """Whether ``name`` is a data set of the user's own with a cache in ``data_dir``."""
+    return is_own_name(name) and cache_path(data_dir, name).is_file()
+
+
+def _no_own_source(name: str, data_dir: Path | None) -> DataNotPreparedError:
+    command = prepare_command(name, data_dir, from_files=True)
+    return DataNotPreparedError(
+        f"there is no data set {name!r} in {Path(data_dir or DEFAULT_DATA_DIR)}: it is not "
+        f"built in, and {cache_path(data_dir, name)} does not exist; to bring your own files "
+        f"under that name run `{command}` (see python -m jacosr.data.prepare --help)"
+    )
+
+
+def source_own(name: str, data_dir: Path | None = None) -> LabelledSource:
+    """A data set prepared from the user's own files (see :mod:`jacosr.data.files`), from its
+    cache; :class:`DataNotPreparedError` when there is none, or when it is unreadable (there
+    are no raw data to rebuild it from)."""
+    path = cache_path(data_dir, name)
+    try:
+        source = load_cache(path, name)
+    except CACHE_ERRORS:
+        command = prepare_command(name, data_dir, from_files=True)
+        raise DataNotPreparedError(
+            f"the cache {path} of your data set {name!r} is unreadable (damaged or "
+            f"truncated); prepare it again from your files: `{command} --force`"
+        ) from None
+    if source is None:
+        raise _no_own_source(name, data_dir)
+    return source
+
+
 def load_source(name: str, data_dir: Path | None = None) -> LabelledSource:
-    """Load the source ``name`` from the registry; an unknown name lists the valid ones."""
-    if name not in SOURCES:
-        raise ValueError(
-            f"unknown data set {name!r}; valid data sets are: {', '.join(sorted(SOURCES))}"
-        )
-    return SOURCES[name](data_dir)
+    """Load the source ``name``: a built-in one (``SOURCES``) or one prepared from the user's
+    files (:func:`source_own`); any other name lists the valid ones."""
+    if name in SOURCES:
+        return SOURCES[name](data_dir)
+    if is_own_name(name):
+        return source_own(name, data_dir)
+    raise ValueError(
+        f"unknown data set {name!r}; built-in data sets are: {', '.join(sorted(SOURCES))}; a "
+        "data set of your own is named by letters, digits, '.', '_', '+' and '-'"
+    )

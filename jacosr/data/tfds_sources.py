@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from jacosr.data.files import FORMATS, STANDARD
 from jacosr.data.labelled import (
     DEFAULT_DATA_DIR,
     DataNotPreparedError,
@@ -55,10 +56,20 @@ def _quiet_absl():
 
 
 def _not_prepared(name: str, data_dir: Path | None, folder: Path) -> DataNotPreparedError:
-    """The error for a TFDS data set TFDS cannot open: absent, or not an array_record build."""
+    """The error for a TFDS data set TFDS cannot open: absent, or not an array_record build.
+
+    It gives the command that downloads it, and for the data sets that can be read from the
+    user's files (:data:`jacosr.data.files.STANDARD`) the command that reads them."""
     command = f"`{prepare_command(name, data_dir)}`"
     if not has_tensorflow():
         command += " (it needs TensorFlow: pip install 'jacosr[data]')"
+    if name in STANDARD:
+        files = FORMATS[STANDARD[name].format].files
+        command += (
+            f", or, from your own copy ({files}), "
+            f"`{prepare_command(name, data_dir, from_files=True)}` with PATH the folder that "
+            "holds it"
+        )
     if not folder.exists():
         return DataNotPreparedError(
             f"the TFDS data set {name!r} is not prepared: {folder} does not exist; run {command}"

@@ -1,18 +1,24 @@
-"""The loop shared by the table experiments: a grid of runs x seeds, summarised as a table.
+"""The loop shared by the table experiments: a grid of runs x replicates, summarised as a table.
 
-:func:`run_grid` trains and evaluates every config of a grid in its own sub-workdir (one tqdm
-bar over the runs; a finished run with the same config and evaluation is read back, a partial
-one resumes from its checkpoint). :func:`summarise` turns the per-replicate results into mean
-and standard deviation per row and column; :func:`markdown_table` and
-:func:`jacosr.plots.plot_summary` render the summary; :func:`write_table` writes ``table.md``,
-``table.json`` and ``table.png``.
+A grid maps run names to training configs. :func:`seed_grid` replicates rows over seeds;
+:func:`split_grid` runs rows on the standard splits of Protocol A benchmarks (Table I and
+Table III), optionally for a number of epochs rather than steps. :func:`run_grid` trains and
+evaluates every config of a grid in its own sub-workdir (one tqdm bar over the runs; a finished
+run whose results.json holds the scores asked for is read back, a partial one resumes from its
+checkpoint). :func:`grid_identity` is an experiment's workdir identity without the fields that
+only choose which runs are made, so that asking for more seeds (or rows) adds runs to a
+workdir instead of refusing it. :func:`summarise` turns the per-replicate results into mean
+and standard deviation per row and column (:func:`summarise_columns` per row, column group
+and metric); :func:`markdown_table` and :func:`jacosr.plots.plot_summary` render the summary;
+:func:`write_table` writes ``table.md``, ``table.json`` and ``table.png``.
+:func:`expected_gpu_time` says what a grid costs on one H100, from the measured throughput.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -20,9 +26,11 @@ from matplotlib.figure import Figure
 from tqdm.auto import tqdm
 
 from jacosr.config import to_dict
+from jacosr.data import BENCHMARKS, load_open_set, protocol_a_config
+from jacosr.data.splits import resolve_benchmark
 from jacosr.evaluate import EvalConfig
 from jacosr.plots import plot_summary
-from jacosr.train import ResolvedTrainConfig, TrainConfig, resolve, run
+from jacosr.train import TrainConfig, resolve, run
 from jacosr.workdir import open_workdir
 
 # A table column: its header and the path of keys to its value in a run's results.json.
@@ -32,23 +40,102 @@ TABLE_FILES = ("table.md", "table.json", "table.png")
 
 
 def seed_grid(rows: Mapping[str, TrainConfig], seeds: int) -> dict[str, TrainConfig]:
-    """Every row's config at training seeds ``0..seeds-1``, named ``<row>/seed<i>``."""
+    """Every row's config at ``seeds`` training seeds from the row's own (``--seed``, default
+    0): ``seed .. seed + seeds - 1``, named ``<row>/seed<s>`` by the seed itself, so a run's
+    name says its seed and more seeds add runs beside the ones there."""
     if seeds < 1:
         raise ValueError(f"seeds must be >= 1, got {seeds}")
     return {
         f"{row}/seed{s}": dataclasses.replace(config, seed=s)
         for row, config in rows.items()
-        for s in range(seeds)
+        for s in range(config.seed, config.seed + seeds)
     }
 
 
-def _finished(run_dir: Path, config: ResolvedTrainConfig, evaluation: EvalConfig) -> dict | None:
-    path = run_dir / "results.json"
-    if not path.exists():
-        return None
-    results = json.loads(path.read_text())
-    same = results.get("config") == to_dict(config)
-    return results if same and results.get("eval") == to_dict(evaluation) else None
+def grid_identity(config, extent: Sequence[str] = ("seeds",)) -> dict:
+    """An experiment's workdir identity (what its ``config.json`` holds and a re-run must
+    match): ``to_dict(config)`` without the ``extent`` fields, those that only choose which
+    runs of the grid are made (the number of seeds; a table's rows).
+
+    The runs live in sub-workdirs named after what they are (``<row>/seed<s>``), each guarding
+    its own config, so more seeds or rows add runs and reuse the finished ones, fewer
+    summarise a subset; any other field (the base run, the base seed) changes what a run
+    of a given name means, and a workdir holding other such values is refused as before.
+    ``table.json`` records the full config of the last run.
+    """
+    return {k: v for k, v in to_dict(config).items() if k not in extent}
+
+
+RowsOf = Callable[[TrainConfig], Mapping[str, TrainConfig]]
+"""A table's rows as a function of the base run (whose data is already the split's): row name
+-> that row's config."""
+
+
+def split_grid(
+    rows_of: RowsOf,
+    base: TrainConfig,
+    benchmarks: Sequence[str],
+    splits: Sequence[int],
+    *,
+    seeds: int | None = None,
+    epochs: int | None = None,
+) -> dict[str, TrainConfig]:
+    """Every row on every standard split of every Protocol A benchmark, named
+    ``<row>/<benchmark>/split<i>`` (``.../split<i>-seed<j>`` with ``seeds``).
+
+    ``base``'s data fields other than data_dir, split_seed and val_fraction are replaced by the
+    split's (:func:`jacosr.data.protocol_a_config`) before ``rows_of`` sees it, so a row may
+    depend on the data (the ablation's augmentation does). ``seeds``: None, one run per split
+    at the row's own seed; n, n seeds per split from the row's own (``seed .. seed + n - 1``,
+    named by the seed). ``epochs``: when set, each run trains for
+    ``epochs * (known-train size // batch_size)`` steps (the batches the loop draws per epoch:
+    it drops the last partial batch) instead of its ``steps``; counting the known-train images
+    loads each split once, so the data must be prepared.
+    """
+    unknown = [b for b in benchmarks if b not in BENCHMARKS]
+    if unknown:
+        raise ValueError(f"unknown benchmarks {unknown}; valid are: {', '.join(BENCHMARKS)}")
+    if not benchmarks:
+        raise ValueError(f"no benchmarks given; choose some of {', '.join(BENCHMARKS)}")
+    if not splits:
+        raise ValueError("no splits given; choose some of 0 1 2 3 4 with --splits")
+    if seeds is not None and seeds < 1:
+        raise ValueError(f"seeds must be >= 1, got {seeds}")
+    if epochs is not None and epochs < 1:
+        raise ValueError(f"epochs must be >= 1, got {epochs}")
+    grid = {}
+    given = base.data
+    for benchmark in benchmarks:
+        for split in splits:
+            data = protocol_a_config(
+                benchmark,
+                split,
+                data_dir=given.data_dir,
+                split_seed=given.split_seed,
+                val_fraction=given.val_fraction,
+            )
+            train_size = len(load_open_set(data).known_train.y) if epochs is not None else 0
+            for row, config in rows_of(dataclasses.replace(base, data=data)).items():
+                replicates = (
+                    {f"split{split}": None}
+                    if seeds is None
+                    else {
+                        f"split{split}-seed{s}": s for s in range(config.seed, config.seed + seeds)
+                    }
+                )
+                if epochs is not None:
+                    per_epoch = train_size // config.batch_size
+                    if per_epoch < 1:
+                        raise ValueError(
+                            f"{benchmark} split {split} has {train_size} known training "
+                            f"images, fewer than one batch of {config.batch_size}"
+                        )
+                    config = dataclasses.replace(config, steps=epochs * per_epoch)
+                for replicate, seed in replicates.items():
+                    grid[f"{row}/{benchmark}/{replicate}"] = (
+                        config if seed is None else dataclasses.replace(config, seed=seed)
+                    )
+    return grid
 
 
 def run_grid(
@@ -60,20 +147,16 @@ def run_grid(
 ) -> dict[str, dict]:
     """Train and evaluate each named config in ``workdir/<name>``; return name -> results.
 
-    Each config is resolved (:func:`jacosr.train.resolve`) once, here. A run whose
-    ``results.json`` holds the same resolved config and evaluation is not touched; any other
-    run is (re)started through :func:`jacosr.train.run`, which resumes from its checkpoints and
-    refuses a workdir that holds a different config.
+    Each run goes through :func:`jacosr.train.run`: a finished run whose results.json holds
+    every score of ``evaluation`` (same settings) is read back untouched, one missing scores
+    evaluates only those, any other resumes from its checkpoints (a workdir that holds a
+    different config is refused).
     """
     results = {}
     bar = tqdm(configs.items(), desc="runs", unit="run", disable=not progress)
-    for name, given in bar:
+    for name, config in bar:
         bar.set_postfix_str(name)
-        config = resolve(given)
-        run_dir = Path(workdir) / name
-        results[name] = _finished(run_dir, config, evaluation) or run(
-            config, run_dir, evaluation, progress=False
-        )
+        results[name] = run(config, Path(workdir) / name, evaluation, progress=False)
     return results
 
 
@@ -106,6 +189,19 @@ def summarise(results: Mapping[str, dict], columns: Columns) -> dict[str, dict[s
                 "values": values.tolist(),
             }
     return summary
+
+
+def summarise_columns(
+    results: Mapping[str, dict], metrics: Columns
+) -> dict[str, dict[str, dict[str, dict]]]:
+    """``row -> column -> metric -> {"mean", "std", "values"}`` from runs named
+    ``<row>/<column>/<replicate>`` (:func:`split_grid`'s ``<row>/<benchmark>/split<i>``, or
+    :func:`seed_grid` of rows named ``<row>/<column>``); rows and columns keep their order."""
+    table: dict[str, dict[str, dict]] = {}
+    for key, cells in summarise(results, metrics).items():
+        row, column = key.rsplit("/", 1)
+        table.setdefault(row, {})[column] = cells
+    return table
 
 
 def markdown_table(
@@ -145,25 +241,29 @@ def seed_table(
     row_header: str,
     labels: Mapping[str, Sequence[str]] | None = None,
     label_headers: Sequence[str] = (),
+    extent: Sequence[str] = ("seeds",),
     overwrite: bool = False,
 ) -> dict:
     """The seed-replicated table experiments' run: ``rows`` x ``config.seeds`` into
     ``workdir/runs``, summarised over seeds and written; returns summary and Markdown.
 
-    ``config`` is the experiment's config (stored in ``config.json`` and ``table.json``; its
-    ``seeds`` field sets the replicates); ``title`` is prefixed to the split in the figure.
+    ``config`` is the experiment's config (its ``seeds`` field sets the replicates; stored in
+    ``table.json``, and in ``config.json`` without ``extent``, see :func:`grid_identity`);
+    ``title`` is prefixed to the split in the figure.
     """
-    with open_workdir(workdir, to_dict(config), outputs=TABLE_FILES, overwrite=overwrite) as opened:
+    identity = grid_identity(config, extent)
+    with open_workdir(workdir, identity, outputs=TABLE_FILES, overwrite=overwrite) as opened:
         workdir = opened.path
-        results = run_grid(seed_grid(rows, config.seeds), workdir / "runs", evaluation)
+        grid = seed_grid(rows, config.seeds)
+        results = run_grid(grid, workdir / "runs", evaluation)
         summary = summarise(results, columns)
         markdown = markdown_table(
             summary, row_header=row_header, labels=labels, label_headers=label_headers
         )
         split = next(iter(results.values()))["split"]
-        full_title = (
-            f"{title}{split['source']}: known {split['known_classes']}, {config.seeds} seeds"
-        )
+        first = next(iter(rows.values())).seed
+        seeds = f"seeds {first}-{first + config.seeds - 1}" if config.seeds > 1 else f"seed {first}"
+        full_title = f"{title}{split['source']}: known {split['known_classes']}, {seeds}"
         meta = {"config": to_dict(config), "split": split, "evaluation": to_dict(evaluation)}
         write_table(workdir, summary, markdown, plot_summary(summary, title=full_title), meta)
         return {"summary": summary, "markdown": markdown}
@@ -187,3 +287,56 @@ def write_table(
     (workdir / "table.md").write_text(markdown)
     (workdir / "table.json").write_text(json.dumps({**meta, "rows": summary}, indent=2) + "\n")
     figure.savefig(workdir / "table.png", dpi=120)
+
+
+H100_SECONDS_PER_1K_STEPS: dict[str, tuple[float, float | None]] = {
+    "mlp": (0.1, None),
+    "lenet": (0.2, None),
+    "vgg32": (1.7, 2.9),
+    "wrn16_4": (3.4, 6.0),
+    "resnet18": (4.7, 8.0),
+}
+"""Training seconds per 1,000 steps at batch 128 on one NVIDIA H100, measured with
+``benchmarks/gpu.sh`` (README, "Speed"): (the plain dispatch, the paper's recipe: weak
+augmentation and the rotation task, 256 images through the network per step). None: not
+measured."""
+
+
+def expected_gpu_time(configs: Mapping[str, TrainConfig]) -> str:
+    """One line: what training the grid ``configs`` costs on one H100, from
+    :data:`H100_SECONDS_PER_1K_STEPS`.
+
+    A run with the rotation task is costed at the paper-recipe rate, any other at the plain
+    rate (augmentation is cheap on the GPU: colour jitter is not counted), scaled by
+    batch_size / 128. Evaluation and data loading are not included. The rates were measured
+    on 32x32 images; TinyImageNet's 64x64 ones cost up to 4x more, which the line says.
+    """
+    steps: dict[tuple[str, bool], int] = {}
+    larger = any(resolve_benchmark(c.data).dataset == "tinyimagenet" for c in configs.values())
+    seconds: dict[tuple[str, bool], float] = {}
+    for given in configs.values():
+        config = resolve(given)
+        key = (config.model.backbone, config.self_sup > 0)
+        rate = H100_SECONDS_PER_1K_STEPS.get(key[0], (None, None))[key[1]]
+        steps[key] = steps.get(key, 0) + config.steps
+        if rate is not None:
+            scaled = config.steps / 1000 * rate * config.batch_size / 128
+            seconds[key] = seconds.get(key, 0.0) + scaled
+    head = f"expected GPU time: {len(configs)} runs, {sum(steps.values()):,} steps"
+    parts, missing = [], []
+    for (backbone, rotation), n in steps.items():
+        with_ = "with" if rotation else "without"
+        if (backbone, rotation) not in seconds:
+            missing.append(f"{backbone} {with_} the rotation task")
+            continue
+        rate = H100_SECONDS_PER_1K_STEPS[backbone][rotation]
+        parts.append(f"{backbone} {with_} rotation: {n:,} x {rate} s/1k")
+    if missing:
+        return f"{head}; no H100 measurement for {', '.join(missing)}"
+    minutes = sum(seconds.values()) / 60
+    when = f"{minutes:.1f} min" if minutes < 120 else f"{minutes / 60:.1f} h"
+    caveat = ", up to 4x that for TinyImageNet's 64x64 images" if larger else ""
+    return (
+        f"{head} ({'; '.join(parts)}) = {when} of training on one H100 (measured with "
+        f"benchmarks/gpu.sh on 32x32 images at batch 128{caveat}; evaluation not included)"
+    )

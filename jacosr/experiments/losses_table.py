@@ -5,9 +5,12 @@
 
 Runtime on 2 CPU cores: about 5 minutes for the default 30 runs (about 10 s per 2,000-step run
 of the digits MLP, evaluation included; measured 305 s while other jobs shared the cores). A
-re-run that finds every run finished takes seconds. Every run has
-its own workdir under ``<workdir>/runs/<loss>/seed<i>``; re-running the command reads back
-finished runs and resumes unfinished ones.
+re-run that finds every run finished takes seconds. Every run has its own workdir under
+``<workdir>/runs/<loss>/seed<s>``; re-running the command reads back finished runs and resumes
+unfinished ones. The seeds are ``--seed`` .. ``--seed`` + ``--seeds`` - 1 (0..4 by default),
+each run named by its seed; the workdir's identity (``config.json``) leaves out ``--seeds`` and
+``--losses``, so asking for more seeds or losses adds runs next to the finished ones (fewer
+tabulate a subset), while another base run or ``--seed`` is refused as another experiment.
 
 Rows: SCE, N-SCE, DOC, m-OvR, GCPL and RPL (see :mod:`jacosr.losses`), each with the base
 run's other settings (default: digits, known classes 0..5, the MLP, the paper's optimiser,
@@ -48,8 +51,9 @@ class LossesTableConfig:
     Attributes:
       train: the base run; each row replaces the loss name and the seed (the other loss
         hyper-parameters, e.g. --scale and --margin-pos, apply to the losses that have them).
+        Its seed is the first of the seeds.
       losses: the rows, loss names (see ``jacosr.losses.LOSSES``).
-      seeds: each loss is trained with seeds 0..seeds-1.
+      seeds: each loss is trained with seeds seed..seed+seeds-1 (--seed: the base run's).
     """
 
     train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=2000))
@@ -79,6 +83,7 @@ def run(config: LossesTableConfig, workdir: Path, *, overwrite: bool = False) ->
         EVALUATION,
         title="",
         row_header="loss",
+        extent=("seeds", "losses"),
         overwrite=overwrite,
     )
 

@@ -6,8 +6,12 @@
 Needs CIFAR10 and the OOD folders prepared (``python -m jacosr.data.prepare cifar10
 imagenet_crop imagenet_resize lsun_crop lsun_resize``; see the README). Runtime: one 20k-step
 VGG32 training per seed (a GPU job; hours on 2 CPU cores), then a few seconds of evaluation per
-OOD set. Each seed trains once in ``<workdir>/seed<i>`` (checkpointed, resumable) and is
-evaluated against every OOD set.
+OOD set. Each seed trains once in ``<workdir>/seed<s>`` (checkpointed, resumable; seeds
+``--seed`` .. ``--seed`` + ``--seeds`` - 1) and is evaluated against every OOD set. Training sees
+only the known classes, so a model's config names no OOD set (:func:`model_config`) and the
+workdir's identity (``config.json``) is the training config alone: other, more or reordered
+``--ood`` sets, more ``--seeds``, other ``--scores`` or ``--reject-rate`` reuse the trained
+models and only evaluate again.
 
 All ten CIFAR10 classes are known; the unknown test images are an OOD set, resized (``*_resize``)
 or centre-cropped (``*_crop``) to 32x32 as distributed by the ODIN authors. The macro-F1 is over
@@ -33,6 +37,7 @@ from jacosr.evaluate import EvalConfig, evaluate
 from jacosr.experiments.command import Command
 from jacosr.experiments.grid import (
     TABLE_FILES,
+    grid_identity,
     markdown_table,
     summarise,
     table_summary,
@@ -50,9 +55,10 @@ class ProtocolBConfig:
 
     Attributes:
       train: the run (its data fields other than data_dir, split_seed and val_fraction are
-        replaced by CIFAR10 with all ten classes known).
+        replaced by CIFAR10 with all ten classes known; val_fraction, 0.1, holds out the
+        known-val images that set the threshold).
       ood: the out-of-distribution sets, the table's columns.
-      seeds: training seeds 0..seeds-1.
+      seeds: training seeds --seed..--seed+seeds-1, one model each.
       scores: unknown scores, the table's rows (see ``jacosr.scores.SCORES``).
       reject_rate: fraction of the known validation images the threshold rejects.
     """
@@ -67,7 +73,7 @@ class ProtocolBConfig:
 
 
 def ood_config(config: ProtocolBConfig, ood: str, seed: int) -> TrainConfig:
-    """The training config of ``seed`` with the unknowns of ``ood``."""
+    """The training config of ``seed`` with the unknowns of ``ood`` (what it is evaluated on)."""
     data = config.train.data
     return dataclasses.replace(
         config.train,
@@ -81,28 +87,44 @@ def ood_config(config: ProtocolBConfig, ood: str, seed: int) -> TrainConfig:
     )
 
 
+def model_config(config: ProtocolBConfig, seed: int) -> TrainConfig:
+    """The config the model of ``seed`` trains under: :func:`ood_config` without an unknown
+    set (training sees only the known classes), the same whichever ``--ood`` sets are asked
+    for, in any order."""
+    given = ood_config(config, config.ood[0], seed)
+    return dataclasses.replace(given, data=dataclasses.replace(given.data, unknown_dataset=None))
+
+
 def run(config: ProtocolBConfig, workdir: Path, *, overwrite: bool = False) -> dict:
     """Train each seed once, evaluate it on every OOD set, write the table; return it.
 
-    Training sees only the known classes, so one model per seed serves every OOD set: it is
-    trained with the config of the first OOD set (recorded in ``seed<i>/config.json``).
+    One model per seed serves every OOD set: it trains under :func:`model_config` (recorded
+    in ``seed<s>/config.json``) on the known classes, which every OOD set's data share.
     """
     if not config.ood:
         raise ValueError(f"no OOD sets given; choose from: {', '.join(OOD_FOLDERS)}")
     if config.seeds < 1:
         raise ValueError(f"seeds must be >= 1, got {config.seeds}")
+    if config.train.data.val_fraction == 0:
+        raise ValueError(
+            "Protocol B sets its threshold on known-val: --val-fraction must be above 0 "
+            "(the paper's convention: 0.1)"
+        )
     evaluation = EvalConfig(scores=config.scores, reject_rate=config.reject_rate)
-    with open_workdir(workdir, to_dict(config), outputs=TABLE_FILES, overwrite=overwrite) as opened:
+    identity = grid_identity(config, ("ood", "seeds", "scores", "reject_rate"))
+    with open_workdir(workdir, identity, outputs=TABLE_FILES, overwrite=overwrite) as opened:
         workdir = opened.path
         per_score: dict[str, dict] = {}
         splits = {}
-        for seed in tqdm(range(config.seeds), desc="seeds", unit="model"):
-            first = ood_config(config, config.ood[0], seed)
-            data = load_open_set(first.data)
-            graphdef, state = fit(first, data, workdir / f"seed{seed}")
+        first = config.train.seed
+        for seed in tqdm(range(first, first + config.seeds), desc="seeds", unit="model"):
+            trained = model_config(config, seed)
+            # the known classes of any OOD set's data (a split without unknowns is refused)
+            known = load_open_set(ood_config(config, config.ood[0], seed).data)
+            graphdef, state = fit(trained, known, workdir / f"seed{seed}")
             for ood in config.ood:
                 data = load_open_set(ood_config(config, ood, seed).data)
-                result = evaluate(graphdef, state, data, first.loss, evaluation)
+                result = evaluate(graphdef, state, data, trained.loss, evaluation)
                 splits[ood] = result["split"]
                 for score in config.scores:
                     cell = per_score.setdefault(

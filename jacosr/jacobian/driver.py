@@ -29,9 +29,15 @@ the plan is one sample per call.
 The loop works on the host: inputs are NumPy arrays (JAX arrays are copied to the host
 once), chunks are sliced and padded with NumPy and the results come back as NumPy arrays, so
 that the loop itself compiles nothing (each eager ``jnp`` slice or pad of a new shape would).
+
+Long calls can report their progress (``progress="a label"``): a tqdm bar over the samples
+(shown only on a terminal, as tqdm decides) and, once the first chunk is back, one line with
+the estimated time of the whole call when it is long (:data:`ESTIMATE_MIN_SECONDS`).
 """
 
 import re
+import sys
+import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -39,6 +45,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from tqdm.auto import tqdm
 
 from jacosr.jacobian.kernels import (
     ESTIMATORS,
@@ -208,8 +215,44 @@ def _plan(
 
 # The host loop
 
+ESTIMATE_MIN_SECONDS = 10.0
+"""A call with ``progress`` prints its time estimate (``"<label>: N samples, about T s"``, on
+stderr) only when the estimate reaches this many seconds: short calls stay quiet."""
 
-def _map_chunks(run: Callable, arrays: tuple, chunk: int, workers: int):
+
+class _Progress:
+    """Progress of one host loop over ``total`` samples in ``chunks`` chunks, ``workers`` at a
+    time: a tqdm bar (``disable=None``: only on a terminal) and the time estimate.
+
+    The estimate is taken when the first chunk is back: the ``workers`` chunks in flight
+    started together, so the whole call takes about ``ceil(chunks / workers)`` times as long
+    (compilation came before the loop, so it is not in the estimate)."""
+
+    def __init__(self, label: str | None, total: int, chunks: int, workers: int):
+        self.label, self.total, self.chunks, self.workers = label, total, chunks, workers
+        self.bar = tqdm(
+            total=total, desc=label, unit="sample", disable=None if label else True, leave=False
+        )
+        self.start = time.perf_counter()
+        self.estimated = label is None or chunks <= workers
+
+    def done(self, samples: int) -> None:
+        if not self.estimated:
+            self.estimated = True
+            seconds = (time.perf_counter() - self.start) * -(-self.chunks // self.workers)
+            if seconds >= ESTIMATE_MIN_SECONDS:
+                self.bar.write(
+                    f"{self.label}: {self.total} samples, about {seconds:.0f} s", file=sys.stderr
+                )
+        self.bar.update(samples)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _map_chunks(
+    run: Callable, arrays: tuple, chunk: int, workers: int, progress: str | None = None
+):
     """Apply ``run`` to fixed-size chunks of ``arrays`` (NumPy, each ``[B, ...]``); pad the
     last chunk by repeating the last row so every call has the same shapes; trim and
     concatenate the results into NumPy arrays.
@@ -220,9 +263,13 @@ def _map_chunks(run: Callable, arrays: tuple, chunk: int, workers: int):
     places the next chunk on the device and collects the results in order. With one worker,
     on CPU each chunk is waited for before the next is dispatched (one program in flight, see
     :data:`CPU_WORKERS`); on accelerators the chunks are dispatched without waiting, so the
-    device's queue stays full."""
+    device's queue stays full. ``progress``: a label to report progress under (see the
+    module), or None."""
     batch = arrays[0].shape[0]
-    workers = min(workers, -(-batch // chunk))
+    num_chunks = -(-batch // chunk)
+    workers = min(workers, num_chunks)
+    report = _Progress(progress, batch, num_chunks, workers)
+    sizes = iter([chunk] * (num_chunks - 1) + [batch - chunk * (num_chunks - 1)])
 
     def chunks():
         for lo in range(0, batch, chunk):
@@ -232,18 +279,28 @@ def _map_chunks(run: Callable, arrays: tuple, chunk: int, workers: int):
                 parts = [np.concatenate([p, np.repeat(p[-1:], pad, axis=0)]) for p in parts]
             yield jax.device_put(parts)  # in this thread: its jax settings hold
 
-    if workers > 1:
-        outs, in_flight = [], deque()
-        with ThreadPoolExecutor(workers) as pool:
-            for parts in chunks():
-                if len(in_flight) == workers:
-                    outs.append(in_flight.popleft().result())
-                in_flight.append(pool.submit(lambda p: jax.block_until_ready(run(*p)), parts))
-            outs += [done.result() for done in in_flight]
-    elif jax.default_backend() == "cpu":
-        outs = [jax.block_until_ready(run(*parts)) for parts in chunks()]
-    else:
-        outs = [run(*parts) for parts in chunks()]
+    def back(out):
+        report.done(next(sizes))
+        return out
+
+    try:
+        if workers > 1:
+            outs, in_flight = [], deque()
+            with ThreadPoolExecutor(workers) as pool:
+                for parts in chunks():
+                    if len(in_flight) == workers:
+                        outs.append(back(in_flight.popleft().result()))
+                    in_flight.append(pool.submit(lambda p: jax.block_until_ready(run(*p)), parts))
+                outs += [back(done.result()) for done in in_flight]
+        elif jax.default_backend() == "cpu":
+            outs = [back(jax.block_until_ready(run(*parts))) for parts in chunks()]
+        else:
+            # Dispatched without waiting: the bar counts dispatches, and no estimate is made
+            # (a chunk is back before the device has run it).
+            report.estimated = True
+            outs = [back(run(*parts)) for parts in chunks()]
+    finally:
+        report.close()
     return jax.tree.map(lambda *o: np.concatenate([np.asarray(a) for a in o])[:batch], *outs)
 
 
@@ -261,6 +318,7 @@ def jacobian_norms(
     mode: str = "auto",
     max_bytes: int = DEFAULT_MAX_BYTES,
     chunk_size: int | None = None,
+    progress: str | None = None,
 ) -> np.ndarray:
     """Exact per-sample Frobenius norms ``||df/dx||_F`` of a batch, under a memory budget.
 
@@ -284,6 +342,10 @@ def jacobian_norms(
         XLA temporaries).
       chunk_size: samples per call; overrides the planned chunk (basis blocks still obey
         ``max_bytes``).
+      progress: None (quiet), or a label under which to report progress: a tqdm bar over the
+        samples on a terminal, and the estimated time of the call on stderr once the first
+        chunk is back, when it is :data:`ESTIMATE_MIN_SECONDS` or more
+        (``"jacobian: 6300 samples, about 420 s"``).
 
     Returns:
       ``[B]`` NumPy norms ``||J(xs[b])||_F``; NaN where the input, the embedding or the norm is
@@ -313,7 +375,11 @@ def jacobian_norms(
     starts = jax.device_put([np.int32(s) for s in range(0, num_basis, size)])
     # One output per basis block; this thread adds them (see _map_chunks).
     blocks = _map_chunks(
-        lambda x_chunk: [kernel(params, x_chunk, s) for s in starts], (xs,), chunk, workers
+        lambda x_chunk: [kernel(params, x_chunk, s) for s in starts],
+        (xs,),
+        chunk,
+        workers,
+        progress,
     )
     return np.sqrt(sum(blocks))
 
@@ -347,6 +413,7 @@ def estimate_sqnorms(
     probes: str | None = None,
     max_bytes: int = DEFAULT_MAX_BYTES,
     chunk_size: int | None = None,
+    progress: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Stochastic per-sample ``||df/dx||_F^2`` with standard errors, chunked under a budget.
 
@@ -363,7 +430,7 @@ def estimate_sqnorms(
       num_probes, side: as in the estimator.
       probes: as in the estimator; None for its default (:data:`jacosr.jacobian.
         ESTIMATOR_PROBES`: Rademacher for Hutchinson, Gaussian for XNysTrace).
-      max_bytes, chunk_size: as in :func:`jacobian_norms`.
+      max_bytes, chunk_size, progress: as in :func:`jacobian_norms`.
 
     Returns:
       ``(estimate, stderr)``, each ``[B]`` NumPy; NaN where the input, the embedding or the
@@ -392,4 +459,6 @@ def estimate_sqnorms(
         return _estimate_chunk_jit.lower(*args, **static).compile()
 
     kernel, chunk, workers = _plan(compiled, xs.shape[0], target, chunk_size, _nbytes(params))
-    return _map_chunks(lambda x, i: kernel(params, x, key, i), (xs, index), chunk, workers)
+    return _map_chunks(
+        lambda x, i: kernel(params, x, key, i), (xs, index), chunk, workers, progress
+    )
