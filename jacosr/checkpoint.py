@@ -72,6 +72,15 @@ the environment, the process SIGKILLs itself (no clean-up, like ``kill -9`` or a
   ``keep`` already deleted).
 
 Unset (always, outside tests), :func:`fault_point` does nothing.
+
+Several processes (``jax.distributed``, :mod:`jacosr.distributed`): every process opens the
+store and calls each save and restore (Orbax's saves are collective: each process writes the
+shards it holds, one copy of a replicated array, and process 0 commits once all have written);
+process 0 alone writes the JSON items, deletes stray temporary folders and, in the commit,
+``sha256.json`` (so the digests cover every process's files). Every process verifies what it
+restores. ``during-save`` fires in process 0 only (the commit is its); ``after-step`` and
+``after-save`` fire in every process, which is how the tests kill a whole multi-process run at
+one step.
 """
 
 from __future__ import annotations
@@ -90,6 +99,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from jacosr.distributed import is_writer
 from jacosr.workdir import WorkdirError, config_diff
 
 FAULT_ENV = "JACOSR_FAULT"
@@ -133,7 +143,8 @@ def _file_digests(folder: Path) -> dict[str, str]:
 
 class _VerifiedTemporaryPath(ocp.path.atomicity.AtomicRenameTemporaryPath):
     """Orbax's atomic-rename protocol; before a step's folder is renamed (its items complete),
-    write :data:`FILE_DIGESTS` into it, then the ``during-save`` fault point."""
+    write :data:`FILE_DIGESTS` into it, then the ``during-save`` fault point. Orbax finalizes in
+    its primary process (process 0) only, after every process has written its files."""
 
     async def finalize(self, *args, **kwargs):
         final = self.get_final()
@@ -198,7 +209,7 @@ class CheckpointStore:
             )
         self.directory = Path(workdir).absolute() / "checkpoints"
         self.read_only = read_only
-        if not read_only:
+        if not read_only and is_writer():
             for stray in self.directory.glob(f"*{TMP_SUFFIX}*"):
                 shutil.rmtree(stray)
         self._manager = ocp.CheckpointManager(

@@ -56,7 +56,7 @@ import numpy as np
 from flax import nnx
 
 from jacosr.data import to_float
-from jacosr.evaluate import predict
+from jacosr.evaluate import map_padded, predict
 from jacosr.losses import LossConfig
 from jacosr.models import ModelState, OpenSetNet, Outputs, embedding_apply, split_model
 from jacosr.scores import SCORES, ScoreConfig, ScoreContext, Scorer
@@ -141,17 +141,11 @@ class Network:
         and ``class_scores: [N, K]`` (the logits; None without a ``logits`` function)."""
         if self.graphdef is not None:
             return predict(self.graphdef, self.params, np.asarray(x), batch_size=FORWARD_BATCH)
-        x = self.inputs(x)
-        n = len(x)
-        if n == 0:
-            raise ValueError(f"a forward pass needs at least one input; got x of shape {x.shape}")
-        pad = -n % FORWARD_BATCH
-        xp = np.concatenate([x, np.repeat(x[-1:], pad, axis=0)]) if pad else x
-        parts = [
-            _forward_functions(self.embed, self.logits, self.params, xp[i : i + FORWARD_BATCH])
-            for i in range(0, len(xp), FORWARD_BATCH)
-        ]
-        return jax.tree.map(lambda *a: np.concatenate(a)[:n], *parts)
+        return map_padded(
+            lambda xs: _forward_functions(self.embed, self.logits, self.params, xs),
+            self.inputs(x),
+            FORWARD_BATCH,
+        )
 
 
 def as_network(model: Any) -> Network | None:

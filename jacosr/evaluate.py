@@ -87,23 +87,25 @@ def _forward(graphdef: nnx.GraphDef, state: ModelState, x: jax.Array) -> Outputs
     return apply_model(graphdef, state, to_float(x), train=False)[0]
 
 
+def map_padded(fn, x: np.ndarray, batch_size: int):
+    """``fn`` over ``x: [N, ...]`` in batches of exactly ``batch_size`` (the last one padded
+    with copies of the last sample, so every call reuses one compiled ``fn``), the outputs (a
+    pytree of ``[batch_size, ...]`` arrays) concatenated to ``[N, ...]`` NumPy arrays."""
+    n = len(x)
+    if n == 0:
+        raise ValueError(f"a forward pass needs at least one input; got x of shape {np.shape(x)}")
+    pad = -n % batch_size
+    xp = np.concatenate([x, np.repeat(x[-1:], pad, axis=0)]) if pad else x
+    parts = [fn(xp[i : i + batch_size]) for i in range(0, len(xp), batch_size)]
+    return jax.tree.map(lambda *a: np.concatenate(a)[:n], *parts)
+
+
 def predict(
     graphdef: nnx.GraphDef, state: ModelState, x: np.ndarray, *, batch_size: int = 512
 ) -> Outputs:
-    """Eval-mode outputs for ``x: [N, H, W, C]`` (float32 or uint8), as numpy arrays.
-
-    Runs in fixed-size batches (the last one padded) so every call with the same batch size
-    reuses one compiled function.
-    """
-    n = len(x)
-    if n == 0:
-        raise ValueError(f"predict needs at least one input; got x of shape {np.shape(x)}")
-    pad = -n % batch_size
-    xp = np.concatenate([x, np.repeat(x[-1:], pad, axis=0)]) if pad else x
-    parts = [
-        _forward(graphdef, state, xp[i : i + batch_size]) for i in range(0, len(xp), batch_size)
-    ]
-    return jax.tree.map(lambda *a: np.concatenate(a)[:n], *parts)
+    """Eval-mode outputs for ``x: [N, H, W, C]`` (float32 or uint8), as numpy arrays, in
+    fixed-size batches (:func:`map_padded`)."""
+    return map_padded(lambda xs: _forward(graphdef, state, xs), x, batch_size)
 
 
 # How the splits are called in messages, and in the data (and the results' "subsets").

@@ -21,6 +21,7 @@ from typing import NamedTuple
 
 import numpy as np
 from numpy.typing import ArrayLike
+from scipy import stats
 from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
 
 ScoreMetric = Callable[[ArrayLike, ArrayLike], float]
@@ -523,6 +524,37 @@ def metric_jacobian_norm_difference(
     alpha = (1 - level) / 2
     low, high = np.quantile(diffs, [alpha, 1 - alpha])
     return EstimateInterval(float(unknown.mean() - known.mean()), float(low), float(high))
+
+
+def metric_correlations(x: ArrayLike, y: ArrayLike) -> dict[str, float] | None:
+    """Pearson's r, Spearman's rho and Kendall's tau-b of two paired series, with p-values.
+
+    The figures' correlations (JND against AUROC over training steps or over models, the loss
+    against ``||J||`` per sample, the JND against the number of known classes), from
+    ``scipy.stats`` (ties get average ranks; the p-values are two-sided).
+
+    Args:
+      x, y: ``[P]`` finite paired values.
+
+    Returns:
+      ``{"pearson", "pearson_p", "spearman", "spearman_p", "kendall", "kendall_p", "points"}``,
+      or None when no correlation is defined: fewer than 3 points or a constant series.
+    """
+    x = _finite_1d("x", x, "a correlation needs paired values")
+    y = _finite_1d("y", y, "a correlation needs paired values")
+    if x.size != y.size:
+        raise ValueError(f"x and y must pair up; got {x.size} and {y.size} values")
+    if x.size < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return None
+    out: dict[str, float] = {}
+    for name, test in (
+        ("pearson", stats.pearsonr),
+        ("spearman", stats.spearmanr),
+        ("kendall", stats.kendalltau),
+    ):
+        result = test(x, y)
+        out[name], out[f"{name}_p"] = float(result.statistic), float(result.pvalue)
+    return {**out, "points": int(x.size)}
 
 
 OPEN_SET_METRICS: Mapping[str, ScoreMetric] = MappingProxyType(

@@ -619,3 +619,132 @@ def plot_compare(panels: Mapping[str, Mapping[str, Mapping[str, float]]]) -> Fig
         fontsize=8,
     )
     return fig
+
+
+def plot_grouped_scatter(
+    panels: Mapping[str, Mapping[str, tuple[np.ndarray, np.ndarray]]],
+    *,
+    xlabel: str,
+    ylabel: str,
+    notes: Mapping[str, str],
+    title: str,
+) -> Figure:
+    """One scatter per panel, one colour and marker per group (Fig. 12: a panel per data set,
+    a group per method, a point per trained model): every point a marker, each group's mean a
+    cross with ± 1 std (ddof 1) error bars in both coordinates (none for a group of one point).
+
+    ``panels``: panel title -> group label -> ``(x [N], y [N])``; a group keeps its colour in
+    every panel. ``notes``: panel title -> a line under the title (e.g. the correlations),
+    where it hides no point. One legend of the groups below the panels.
+    """
+    groups = list(dict.fromkeys(g for panel in panels.values() for g in panel))
+    colour = dict(zip(groups, _class_colours(len(groups)), strict=True))
+    markers = "osD^v<>p"  # with tab20's paired hues, the shape tells neighbours apart
+    marker = {g: markers[i % len(markers)] for i, g in enumerate(groups)}
+    fig = Figure(figsize=(1.0 + 4.8 * len(panels), 4.8), layout="constrained")
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    handles = {}
+    for ax, (name, panel) in zip(axes, panels.items(), strict=True):
+        for group, (x, y) in panel.items():
+            x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+            (handles[group],) = ax.plot(
+                x,
+                y,
+                marker[group],
+                linestyle="none",
+                color=colour[group],
+                alpha=0.7,
+                markersize=6,
+                markeredgecolor="black",
+                markeredgewidth=0.4,
+                label=group,
+            )
+            spread = len(x) > 1
+            ax.errorbar(
+                x.mean(),
+                y.mean(),
+                xerr=x.std(ddof=1) if spread else None,
+                yerr=y.std(ddof=1) if spread else None,
+                fmt="X",
+                color=colour[group],
+                markersize=10,
+                markeredgecolor="black",
+                markeredgewidth=0.6,
+                capsize=3,
+                linewidth=1.2,
+            )
+        ax.set_title(f"{name}\n{notes[name]}", fontsize=9)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+    fig.legend(
+        [handles[g] for g in groups],
+        groups,
+        loc="outside lower center",
+        ncol=min(len(groups), (2 if len(groups) <= 6 else 3) * len(panels)),
+        frameon=False,
+        fontsize=9,
+    )
+    fig.suptitle(title, wrap=True, fontsize=10)
+    return fig
+
+
+def plot_paired_series(
+    xs: np.ndarray,
+    panels: Mapping[str, Mapping[str, np.ndarray]],
+    *,
+    xlabel: str,
+    notes: Mapping[str, str],
+    replicates: str,
+    title: str,
+) -> Figure:
+    """Metrics against a count, one panel per y-axis label (Fig. 6: the JND, the AUROC and the
+    mean norms against the number K of known classes): per series the mean over replicates as
+    a line with a ± 1 std (ddof 1) band, and each replicate's values as a thin line (a
+    replicate is paired across x, e.g. one draw's nested known sets).
+
+    ``xs: [P]`` the x values, each one a tick; ``panels``: y label -> series label -> ``[P,
+    S]`` values of S replicates (a panel of several series gets a legend of them);
+    ``notes``: y label -> the panel's title (e.g. a correlation; none when missing);
+    ``replicates``: what a replicate is, for the legend below the panels (e.g. "draws").
+    """
+    xs = np.asarray(xs)
+    order = np.argsort(xs)
+    xs = xs[order]
+    fig = Figure(figsize=(0.6 + 4.4 * len(panels), 4.2), layout="constrained")
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (label, series) in zip(axes, panels.items(), strict=True):
+        for i, (name, values) in enumerate(series.items()):
+            values = np.asarray(values, dtype=float)[order]
+            colour = f"C{i}"
+            mean = values.mean(axis=1)
+            std = values.std(axis=1, ddof=1) if values.shape[1] > 1 else np.zeros_like(mean)
+            ax.fill_between(xs, mean - std, mean + std, color=colour, alpha=0.2, linewidth=0)
+            ax.plot(xs, values, "-", color=colour, alpha=0.35, linewidth=0.8)
+            ax.plot(xs, values, ".", color=colour, alpha=0.6, markersize=4)
+            ax.plot(xs, mean, "o-", color=colour, markersize=5, linewidth=2, label=name)
+        if len(series) > 1:
+            ax.legend(frameon=False, fontsize=8, loc="best")
+        if label in notes:
+            ax.set_title(notes[label], fontsize=9)
+        ax.set_xticks(xs)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    # Empty artists: the legend of what the lines, bands and thin lines are.
+    key = axes[0]
+    legend = [
+        key.plot([], [], "o-", color="grey", linewidth=2, markersize=5)[0],
+        key.fill_between([], [], color="grey", alpha=0.3, linewidth=0),
+        key.plot([], [], ".-", color="grey", alpha=0.5, linewidth=0.8)[0],
+    ]
+    fig.legend(
+        legend,
+        [f"mean over {replicates}", f"± 1 std over {replicates}", f"one of the {replicates}"],
+        loc="outside lower center",
+        ncol=3,
+        frameon=False,
+        fontsize=9,
+    )
+    fig.suptitle(title, wrap=True, fontsize=10)
+    return fig

@@ -44,8 +44,6 @@ class ScoreConfig:
       jacobian_estimator: estimator of ||J||_F^2 for ``jacobian_stochastic`` (``hutchinson``
         or ``xnystrace``, see :mod:`jacosr.jacobian`).
       jacobian_probes: probes per sample for ``jacobian_stochastic``.
-      openmax_tail: OpenMax's Weibull tail size: the largest distances per class that are fitted
-        (Bendale & Boult 2016 use 20).
       jacobian_max_samples: the Jacobian scores (``jacobian``, ``jacobian_stochastic``) are
         evaluated on at most this many samples of each split (known-val, known-test,
         unknown-test): a fixed random subset drawn from --score-seed (all when there are

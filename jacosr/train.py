@@ -70,6 +70,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
+from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
 from jacosr.checkpoint import CheckpointStore, DamagedCheckpointError, fault_point
@@ -77,6 +78,18 @@ from jacosr.config import cli, from_dict, require, to_dict
 from jacosr.data import DataConfig, OpenSetData, get_augmentation, load_open_set, to_float
 from jacosr.data.augment import paper_augmentation
 from jacosr.data.splits import resolve_benchmark
+from jacosr.distributed import (
+    DistributedConfig,
+    barrier,
+    batch_sharded,
+    check_batch,
+    data_mesh,
+    initialize,
+    is_writer,
+    put_replicated,
+    replicated,
+    to_local,
+)
 from jacosr.dynamics import (
     DYNAMICS_FILE,
     TrackConfig,
@@ -420,11 +433,20 @@ def make_train_dispatch(graphdef: nnx.GraphDef, config: ResolvedTrainConfig, num
     The seed's keys are arguments of the compiled programs, not constants baked into them, and
     the programs of the last few (architecture, config but seed, training set size) are kept
     (:func:`_step_programs`), so the runs of a grid that differ only in ``seed`` compile once.
+
+    On several devices (:func:`jacosr.distributed.data_mesh`; all processes' with
+    ``jax.distributed``) the same programs run data parallel: ``state``, ``train_x`` and
+    ``train_y`` must be replicated on the mesh (:func:`jacosr.distributed.put_replicated`),
+    each step's global batch is split over the devices, and the values come back replicated
+    (every process reads them). On one device the programs are exactly the single-device ones.
     """
     _require_resolved(config, "make_train_dispatch")
     length = config.dispatch_steps
-    full, shorter = _step_programs(graphdef, dataclasses.replace(config, seed=0), num_train)
+    mesh = data_mesh()
+    full, shorter = _step_programs(graphdef, dataclasses.replace(config, seed=0), num_train, mesh)
     keys = jax.random.split(jax.random.fold_in(jax.random.key(config.seed), 1))  # data, step
+    if mesh is not None:
+        keys = put_replicated(keys, mesh)
     scan_full_length = jax.default_backend() != "cpu"
 
     def dispatch(state: TrainState, train_x, train_y, n: int):
@@ -440,11 +462,21 @@ def make_train_dispatch(graphdef: nnx.GraphDef, config: ResolvedTrainConfig, num
 
 
 @functools.lru_cache(maxsize=8)
-def _step_programs(graphdef: nnx.GraphDef, config: ResolvedTrainConfig, num_train: int):
+def _step_programs(
+    graphdef: nnx.GraphDef, config: ResolvedTrainConfig, num_train: int, mesh: Mesh | None
+):
     """The two jitted programs of :func:`make_train_dispatch` for ``config`` (whose seed does
     not enter them: the keys are arguments): a ``lax.scan`` of ``dispatch_steps`` steps and a
     loop of ``n`` steps. Cached (a few entries, each holding compiled programs of one
-    architecture) so that the seeds of a grid, in one process, share them."""
+    architecture) so that the seeds of a grid, in one process, share them.
+
+    ``mesh``: None on one device (plain ``jax.jit``); else the programs take and return
+    everything replicated on the mesh, and each step's batch indices ``[B]`` are constrained to
+    be sharded along its axis, so each device gathers, augments and differentiates its ``B /
+    devices`` images; GSPMD all-reduces the gradients and the batch statistics (BatchNorm's
+    means are over the global batch), and the random draws of a step do not depend on the
+    sharding (jax's threefry is partitionable), so the step is the single-device step up to the
+    order of float additions."""
     length = config.dispatch_steps
     optimizer = make_optimizer(config)
     augment = get_augmentation(config.augment)
@@ -453,6 +485,8 @@ def _step_programs(graphdef: nnx.GraphDef, config: ResolvedTrainConfig, num_trai
     def one_step(state: TrainState, keys: jax.Array, train_x, train_y):
         data_key, step_key = keys
         idx = batch_indices(data_key, state.step, num_train, config.batch_size)
+        if mesh is not None:
+            idx = jax.lax.with_sharding_constraint(idx, batch_sharded(mesh))
         augment_key, key = jax.random.split(jax.random.fold_in(step_key, state.step))
         x, y = augment(augment_key, to_float(train_x[idx])), train_y[idx]
         params, batch_stats = state.model
@@ -467,12 +501,16 @@ def _step_programs(graphdef: nnx.GraphDef, config: ResolvedTrainConfig, num_trai
         )
         return new_state, (loss, accuracy, finite)
 
-    @partial(jax.jit, donate_argnums=0)
+    place = (
+        {} if mesh is None else dict(in_shardings=replicated(mesh), out_shardings=replicated(mesh))
+    )
+
+    @partial(jax.jit, donate_argnums=0, **place)
     def full(state: TrainState, keys, train_x, train_y):
         step = lambda s, _: one_step(s, keys, train_x, train_y)
         return jax.lax.scan(step, state, length=length)
 
-    @partial(jax.jit, donate_argnums=0)
+    @partial(jax.jit, donate_argnums=0, **place)
     def shorter(state: TrainState, keys, train_x, train_y, n: jax.Array):
         def body(i, carry):
             state, buffers = carry
@@ -550,6 +588,7 @@ def _check_config(config: ResolvedTrainConfig, data: OpenSetData) -> None:
             f"the rotation task needs square images, got {height}x{width}; "
             "pass --self-sup 0 or --image-size"
         )
+    check_batch(config.batch_size)
     n = len(data.known_train.y)
     if n < config.batch_size:
         raise ValueError(
@@ -574,6 +613,7 @@ def _resume(wd: Workdir, template: TrainState, overwrite: bool) -> tuple[TrainSt
                 raise
         else:
             return (template, []) if state is None else (state, damaged)
+    barrier("jacosr-resume-overwrite")  # every process has read the old run before it goes
     wd.clear()
     return template, []
 
@@ -641,29 +681,49 @@ def _train(
     steps in a run and in the same run resumed from any checkpoint (checkpoints are stops),
     so both dispatch the same steps together and reach bit-identical states.
 
+    On several devices the state and the training set are replicated on the mesh and the
+    dispatch runs data parallel (:func:`make_train_dispatch`); the model comes back on this
+    thread's default device. With several processes every process runs this loop (the
+    dispatches, checkpoints and tracked measurements are collectives), and only the writer
+    (``wd.writer``, process 0) writes ``metrics.jsonl``, ``dynamics.jsonl`` and the bar.
+
     ``dynamics.jsonl`` is kept as ``metrics.jsonl`` is: a tracked step's row is written (and
     flushed) before a checkpoint of the same step is saved, so every row up to a committed
     checkpoint is on disk; a resumed run drops the rows after its checkpoint's step (and a
     partial last line) and measures the later steps again, a fresh run measures step 0.
     """
     graphdef, fresh = init_train_state(config, data)
+    mesh = data_mesh()
+    place = jax.device_put if mesh is None else partial(put_replicated, mesh=mesh)
+    fresh = fresh if mesh is None else place(fresh)
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), fresh)
     state, damaged = _resume(wd, fresh, overwrite)
     step = int(state.step)
     log_path, dynamics_path = wd.path / "metrics.jsonl", wd.path / DYNAMICS_FILE
-    _truncate_log(log_path, step)
     tracked = tracked_steps(config.track, config.steps)
-    if tracked:
-        _truncate_log(dynamics_path, step if step > 0 else -1)  # a fresh run: every row
+    if wd.writer:
+        _truncate_log(log_path, step)
+        if tracked:
+            _truncate_log(dynamics_path, step if step > 0 else -1)  # a fresh run: every row
     if step >= config.steps:  # finished: the checkpoints were only read
-        return graphdef, state.model
+        return graphdef, to_local(state.model)
     dispatch = make_train_dispatch(graphdef, config, len(data.known_train.y))
-    train = jax.device_put(data.known_train.x), jax.device_put(data.known_train.y)
-    bar = tqdm(total=config.steps, initial=step, disable=not progress, desc="train", unit="step")
+    train = place(data.known_train.x), place(data.known_train.y)
+    # Every process computes the logged values and tracked rows (they take collectives);
+    # only the writer's reach the files.
+    log_target = log_path if wd.writer else Path(os.devnull)
+    dynamics_target = dynamics_path if wd.writer else Path(os.devnull)
+    bar = tqdm(
+        total=config.steps,
+        initial=step,
+        disable=not (progress and wd.writer),
+        desc="train",
+        unit="step",
+    )
     with (
         CheckpointStore(wd.path, keep=config.keep_checkpoints) as store,
-        log_path.open("a") as log_file,
-        dynamics_path.open("a") if tracked else contextlib.nullcontext() as dynamics_file,
+        log_target.open("a") as log_file,
+        dynamics_target.open("a") if tracked else contextlib.nullcontext() as dynamics_file,
         bar,
     ):
         store.delete(damaged)
@@ -676,9 +736,11 @@ def _train(
         if tracked:
             samples = track_samples(data, config.track.track_samples, config.track.track_seed)
             tracker = Tracker(graphdef, samples, config.loss, config.track, dynamics_file)
-            stops.insert(0, (At(tracked), lambda at, state: tracker.write(at, state.model)))
+            stops.insert(
+                0, (At(tracked), lambda at, state: tracker.write(at, to_local(state.model)))
+            )
             if step == 0:
-                tracker.write(0, state.model)
+                tracker.write(0, to_local(state.model))
         while step < config.steps:
             stop = min(schedule.after(step) for schedule, _ in stops)
             n = min(stop - step, config.dispatch_steps)
@@ -697,7 +759,7 @@ def _train(
             for schedule, action in stops:
                 if schedule.after(step - 1) == step:
                     action(step, state)
-    return graphdef, state.model
+    return graphdef, to_local(state.model)
 
 
 def fit(
@@ -820,7 +882,9 @@ def run(
         todo = dataclasses.replace(
             evaluation, scores=tuple(name for name in names if name not in kept)
         )
-        fresh = evaluate(graphdef, model_state, data, config.loss, todo, progress=progress)
+        fresh = evaluate(
+            graphdef, model_state, data, config.loss, todo, progress=progress and wd.writer
+        )
         results = {
             "config": to_dict(config),
             **fresh,
@@ -913,19 +977,24 @@ class TrainArgs:
       overwrite: instead of refusing a workdir that holds a run with a different config (or
         none of whose checkpoints is intact), delete that run and train this one; deletes
         only what jacosr wrote there (never other files), and never a workdir in use.
+      distributed: several processes (see :mod:`jacosr.distributed`); the devices of one
+        process need no flag: the run is data parallel over all of them.
     """
 
     config: TrainConfig = field(default_factory=TrainConfig)
     evaluation: EvalConfig = field(default_factory=EvalConfig)
     workdir: Path = Path("runs/train")
     overwrite: bool = False
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
 
 def main(args: list[str] | None = None) -> dict:
     parsed = cli(TrainArgs, args=args)
+    initialize(parsed.distributed)
     results = run(parsed.config, parsed.workdir, parsed.evaluation, overwrite=parsed.overwrite)
-    print(format_table(results))
-    print(f"wrote {parsed.workdir / 'results.json'}")
+    if is_writer():
+        print(format_table(results))
+        print(f"wrote {parsed.workdir / 'results.json'}")
     return results
 
 

@@ -18,6 +18,12 @@ markers of the workdir and of every marked workdir below it (experiments keep th
 ``<workdir>/runs/<row>/seed<i>`` or ``<workdir>/train``), and folders this leaves empty on the
 way to those sub-workdirs. Files and folders the user put anywhere survive, and a sub-workdir
 that another process holds makes the overwrite refuse before anything is deleted.
+
+With several processes (``jax.distributed``, :mod:`jacosr.distributed`) only process 0 opens
+the workdir as above (marker, lock, ``config.json``, deletions) and writes its outputs; the
+others wait for its outcome (a collective) and get a :class:`Workdir` whose ``writer`` is
+False, on which writing and clearing do nothing; when process 0 refuses the workdir, they stop
+too, with an error that points to process 0's.
 """
 
 from __future__ import annotations
@@ -27,9 +33,15 @@ import fcntl
 import json
 import os
 import shutil
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO, TYPE_CHECKING
+
+from jacosr.distributed import agree, is_writer
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 MARKER = ".jacosr-workdir"
 """The file that marks a folder jacosr made; JSON ``{"written_by": "jacosr", "outputs": [...]}``."""
@@ -57,12 +69,17 @@ def config_diff(old: dict, new: dict, prefix: str = "") -> str:
     return "; ".join(changes)
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a sibling ``.tmp`` file and a rename, so that a kill
+def _write_atomic(path: Path, content: str | Callable[[IO[bytes]], None]) -> None:
+    """Write ``content`` (text, or a function that writes a binary file, e.g. a figure's
+    ``savefig``) to ``path`` through a sibling ``.tmp`` file and a rename, so that a kill
     leaves either the old file or the new one."""
     tmp = path.with_name(path.name + ".tmp")
     try:
-        tmp.write_text(text)
+        if isinstance(content, str):
+            tmp.write_text(content)
+        else:
+            with open(tmp, "wb") as file:
+                content(file)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -171,16 +188,21 @@ class Workdir:
       config: the run's config, as in ``config.json``.
       outputs: the names this run writes in ``path`` besides ``config.json``.
       wrote_config: whether this opening wrote ``config.json`` (it was missing).
+      writer: whether this process writes here (process 0; see the module docstring): the
+        others' :meth:`clear`, :meth:`write_text` and :meth:`discard_config` do nothing.
     """
 
     path: Path
     config: dict
     outputs: tuple[str, ...]
     wrote_config: bool
+    writer: bool = True
 
     def clear(self) -> None:
         """Delete what jacosr wrote here and in marked sub-workdirs (see the module docstring)
         and write ``config.json`` afresh: the run starts over."""
+        if not self.writer:
+            return
         _clear(self.path)
         _write_marker(self.path, self.outputs)
         _write_atomic(self.path / CONFIG, json.dumps(self.config, indent=2) + "\n")
@@ -188,13 +210,25 @@ class Workdir:
     def write_text(self, name: str, text: str) -> None:
         """Write the output ``name`` (one of :attr:`outputs`) atomically: a failed write (disk
         full, read-only workdir) leaves the previous file as it was."""
+        self.write(name, text)
+
+    def write(self, name: str, content: str | Callable[[IO[bytes]], None]) -> None:
+        """Write the output ``name`` (one of :attr:`outputs`) atomically, as
+        :meth:`write_text`: ``content`` is text or a function that writes the file's bytes to
+        the binary file it is given, e.g. ``lambda f: np.savez(f, **arrays)``."""
         if name not in self.outputs:
             raise ValueError(f"{name!r} is not one of this run's outputs {self.outputs}")
-        _write_atomic(self.path / name, text)
+        if self.writer:
+            _write_atomic(self.path / name, content)
+
+    def save_figure(self, name: str, figure: Figure, dpi: int = 120) -> None:
+        """Save the matplotlib ``figure`` as the output ``name``, in the format its suffix
+        names (``.png``), atomically as :meth:`write_text`."""
+        self.write(name, lambda f: figure.savefig(f, format=Path(name).suffix[1:], dpi=dpi))
 
     def discard_config(self) -> None:
         """Remove ``config.json`` if this opening wrote it (leave the workdir as found)."""
-        if self.wrote_config:
+        if self.wrote_config and self.writer:
             (self.path / CONFIG).unlink(missing_ok=True)
 
 
@@ -212,10 +246,37 @@ def open_workdir(
     with ``overwrite``) or holds a different config (unless ``overwrite``: then the old run's
     outputs are deleted first, see the module docstring), and :class:`WorkdirBusyError` when
     another process holds the workdir (or, with ``overwrite``, a marked sub-workdir).
+
+    With several processes, only process 0 opens it; the others get a non-writing
+    :class:`Workdir` once it has (see the module docstring).
     """
     path = Path(path)
     config = json.loads(json.dumps(config))  # as config.json holds it: tuples are lists
     outputs = tuple(outputs)
+    if not is_writer():
+        if not agree(False):
+            raise WorkdirError(
+                f"process 0 could not open {path} (its error says why); this process stops too"
+            )
+        yield Workdir(path, config, outputs, wrote_config=False, writer=False)
+        return
+    try:
+        fd, wrote_config = _open_locked(path, config, outputs, overwrite)
+    except BaseException:
+        agree(False)
+        raise
+    agree(True)
+    try:
+        yield Workdir(path, config, outputs, wrote_config)
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _open_locked(
+    path: Path, config: dict, outputs: tuple[str, ...], overwrite: bool
+) -> tuple[int, bool]:
+    """:func:`open_workdir`'s checks and writes in this process: ``(the fd holding the
+    workdir's lock, whether config.json was written)``; on an error the lock is released."""
     if path.exists() and not path.is_dir():
         raise WorkdirError(f"{path} exists and is not a folder; choose another --workdir")
     path.mkdir(parents=True, exist_ok=True)
@@ -257,6 +318,7 @@ def open_workdir(
         known = _outputs(path)
         if not set(outputs) <= set(known):
             _write_marker(path, [*known, *outputs])
-        yield Workdir(path, config, outputs, wrote_config)
-    finally:
-        os.close(fd)  # releases the lock
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, wrote_config

@@ -5,6 +5,13 @@ cache (a temporary folder, removed at the end): every process of the run (pytest
 workers and the ``python -m jacosr...`` subprocesses the tests start) compiles each distinct
 program once. The cache is keyed by the program, the jax/XLA versions and flags, so it changes
 no result; a ``JAX_COMPILATION_CACHE_DIR`` set by the user is used as it is and kept.
+
+The tests' programs are tiny, so XLA's CPU backend compiles them without LLVM's optimisation
+(``--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true``, unless
+``XLA_FLAGS`` already sets them): the whole suite ran in 3 min 11 s instead of 4 min 22 s on
+2 cores (Table III's preset on mock CIFAR10: 36 s instead of 50 s). The HLO passes, which
+decide what is computed, are untouched (the flags change only the machine code), and every
+test passes with and without them.
 """
 
 import fcntl
@@ -22,6 +29,17 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="jacosr-test-xla-cache-")
     os.environ["JACOSR_TEST_OWNS_CACHE"] = os.environ["JAX_COMPILATION_CACHE_DIR"]
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ["XLA_FLAGS"] = " ".join(
+    [os.environ.get("XLA_FLAGS", "")]
+    + [
+        flag
+        for flag in (
+            "--xla_backend_optimization_level=0",
+            "--xla_llvm_disable_expensive_passes=true",
+        )
+        if flag.split("=")[0] not in os.environ.get("XLA_FLAGS", "")
+    ]
+).strip()
 
 from jacosr.config import configure_xla  # after the environment is set
 

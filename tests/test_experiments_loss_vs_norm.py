@@ -8,6 +8,7 @@ import json
 import jax
 import numpy as np
 import pytest
+from helpers import refused
 
 import jacosr.train
 from jacosr.data import DataConfig, load_open_set
@@ -170,13 +171,19 @@ def test_capped_splits_are_seeded_ordered_subsets():
 def test_measure_on_hand_made_samples():
     """Losses that are the norms squared: rank correlation 1, AUROC by hand."""
     known = {"norm": np.array([1.0, 2.0, 3.0]), "loss": np.array([1.0, 4.0, 9.0])}
-    unknown = {"norm": np.array([2.5, 4.0]), "loss": np.array([6.25, 16.0])}
+    unknown = {"norm": np.array([2.5, 4.0, 5.0]), "loss": np.array([6.25, 16.0, 25.0])}
     record = measure(known, unknown)
     for group in ("all", "known", "unknown"):
         assert record["correlation"][group]["spearman"] == pytest.approx(1.0)
-    # norm 2.5 beats 1 and 2 of the known, 4 beats all three: 5 of 6 pairs
-    assert record["auroc"]["loss"] == record["auroc"]["jacobian_norm"] == pytest.approx(5 / 6)
-    assert record["correlation"]["unknown"]["pearson"] == pytest.approx(1.0)  # two points
+        assert record["correlation"][group]["kendall"] == pytest.approx(1.0)
+    # norm 2.5 beats 1 and 2 of the known, 4 and 5 beat all three: 8 of 9 pairs
+    assert record["auroc"]["loss"] == record["auroc"]["jacobian_norm"] == pytest.approx(8 / 9)
+    # loss = norm^2 on 2.5, 4, 5: Pearson of (2.5, 4, 5) and (6.25, 16, 25), by hand
+    n, s = np.array([2.5, 4.0, 5.0]), np.array([6.25, 16.0, 25.0])
+    r = ((n - n.mean()) @ (s - s.mean())) / np.sqrt(
+        ((n - n.mean()) ** 2).sum() * ((s - s.mean()) ** 2).sum()
+    )
+    assert record["correlation"]["unknown"]["pearson"] == pytest.approx(r)
     assert record["mean"]["known"] == {"loss": pytest.approx(14 / 3), "jacobian_norm": 2.0}
 
 
@@ -188,11 +195,7 @@ def test_measure_on_hand_made_samples():
     ],
 )
 def test_bad_settings_are_refused_before_anything_runs(tmp_path, capsys, flag, value, message):
-    with pytest.raises(SystemExit) as exit_:
-        main([flag, value, "--workdir", str(tmp_path / "run")])
-    assert exit_.value.code == 2
-    assert message in " ".join(capsys.readouterr().err.replace("│", " ").split())
-    assert not (tmp_path / "run").exists()
+    assert message in refused(main, [flag, value], tmp_path / "run", capsys)
     with pytest.raises(ValueError, match=message):
         LossVsNormConfig(**{flag[2:].replace("-", "_"): int(value)})
 

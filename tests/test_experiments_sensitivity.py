@@ -6,25 +6,12 @@ import json
 
 import numpy as np
 import pytest
+from helpers import TINY_GRID as TINY
 
 from jacosr.experiments import sensitivity
 from jacosr.plots import plot_sweeps
 from jacosr.train import TrainConfig
 
-TINY = [
-    "--steps",
-    "40",
-    "--log-every",
-    "20",
-    "--checkpoint-every",
-    "40",
-    "--width",
-    "32",
-    "--embed-dim",
-    "16",
-    "--seeds",
-    "2",
-]
 # Every sweep, with the base run (T 32, m 0.5, wd 1e-3, lambda_self 0 on digits) in all four
 # and one other point: the panels of the figure from 2 distinct points x 2 seeds = 4 runs.
 GRIDS = {"T": [32.0], "m": [0.5], "wd": [10.0, 1e-3], "self_sup": [0.0]}

@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+from helpers import TINY_GRID as TINY
 
 from jacosr.config import cli
 from jacosr.data import DataConfig
@@ -22,21 +23,6 @@ from jacosr.experiments.grid import (
 from jacosr.models import ModelConfig
 from jacosr.train import TrainConfig
 from jacosr.workdir import WorkdirError
-
-TINY = [
-    "--steps",
-    "40",
-    "--log-every",
-    "20",
-    "--checkpoint-every",
-    "40",
-    "--width",
-    "32",
-    "--embed-dim",
-    "16",
-    "--seeds",
-    "2",
-]
 
 
 def _check_outputs(workdir, rows, columns, seeds=2):

@@ -102,6 +102,10 @@ def test_plan_splits_the_basis_only_when_one_sample_does_not_fit():
     # Two workers in flight: a small batch is split between them.
     assert driver._plan_chunk(lambda c: 500 * c, 7, 10_000, 2) == 4
     assert driver._plan_chunk(lambda c: 500 * c, 1000, 10_000, 2) == 20
+    # Evened out over a multiple of the workers: 539 samples, at most 247 per call, run as
+    # 4 x 135 (not 3 x 247); at most 20 per call, as 28 x 20 (not 27).
+    assert driver._plan_chunk(lambda c: 40 * c, 539, 9880, 2) == 135
+    assert driver._plan_chunk(lambda c: 500 * c, 539, 10_000, 2) == 20
 
 
 # What compiles when

@@ -23,6 +23,7 @@ from jacosr.metrics import (
     metric_aupr_in,
     metric_aupr_out,
     metric_auroc,
+    metric_correlations,
     metric_dbi,
     metric_fpr_at_tpr,
     metric_inter_class_distance,
@@ -607,3 +608,16 @@ def test_tiny_but_separated_embeddings_keep_their_dbi():
     # The hand case scaled by 1e-9: scikit-learn's absolute 1e-8 tolerance calls it collapsed.
     x = np.array([[0.0, 0.0], [2.0, 0.0], [10.0, 0.0], [10.0, 4.0]])
     assert metric_dbi(1e-9 * x, [7, 7, 3, 3]) == pytest.approx(3.0 / np.sqrt(85.0), rel=1e-9)
+
+
+def test_correlations_on_hand_made_points():
+    # ranks 1 3 2 4 against 1 2 3 4: d^2 = 2, rho = 1 - 6*2/(4*15) = 0.8; one of the six
+    # pairs is discordant: tau = (5 - 1)/6
+    c = metric_correlations([1, 2, 3, 4], [10, 30, 20, 40])
+    assert c["spearman"] == pytest.approx(0.8) and c["kendall"] == pytest.approx(4 / 6)
+    assert c["pearson"] == pytest.approx(0.8) and c["points"] == 4
+    assert metric_correlations([1, 2], [1, 2]) is None  # fewer than 3 points
+    assert metric_correlations([1, 2, 3], [5, 5, 5]) is None  # a constant
+
+    with pytest.raises(ValueError, match="x and y must pair up"):
+        metric_correlations([1, 2, 3], [1, 2])

@@ -311,7 +311,7 @@ def run(config: AblationConfig, workdir: Path, *, overwrite: bool = False) -> di
         }
         described = {row.description: summary[row.label] for row in chosen}
         figure = plot_row_bars(described, title=title, metric="AUROC", replicates=replicates)
-        write_table(workdir, table, markdown, figure, meta)
+        write_table(opened, table, markdown, figure, meta)
         return {"summary": table, "details": details, "markdown": markdown}
 
 

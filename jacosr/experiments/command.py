@@ -24,9 +24,11 @@ overwrite=False) -> results``. One :class:`Command` adds the rest::
         run_command(main)
 
 ``COMMAND.main`` parses the command line into the config (its fields, and those of the
-configs inside it, as flat flags: ``--steps``, ``--loss``, ...) plus ``--workdir`` and
-``--overwrite``, runs the experiment, prints its summary and the files it wrote, and returns
-the results (the tests call ``main`` in-process).
+configs inside it, as flat flags: ``--steps``, ``--loss``, ...) plus ``--workdir``,
+``--overwrite``, ``--spread-runs`` and the flags of several processes (``--distributed``,
+``--coordinator-address``, ``--num-processes``, ``--process-id``; see
+:mod:`jacosr.distributed`), runs the experiment, prints its summary and the files it wrote
+(process 0 only), and returns the results (the tests call ``main`` in-process).
 
 The arguments' dataclass is generated, and tyro reads help text from docstrings: ``--help``
 opens with ``description``; ``--workdir``'s help names ``outputs`` and ``runs``; every
@@ -44,6 +46,7 @@ from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
 
 from jacosr.config import cli
+from jacosr.distributed import DistributedConfig, initialize, is_writer, spreading_runs
 
 C = TypeVar("C")
 
@@ -52,6 +55,15 @@ OVERWRITE_HELP = (
     "instead of refusing. Deletes only what jacosr wrote there and in the runs below it, "
     "never other files, and nothing while another jacosr process uses workdir or one of "
     "those runs."
+)
+SPREAD_RUNS_HELP = (
+    "train the experiment's runs side by side, one per local device (e.g. one per GPU), "
+    "instead of one after another, each data parallel over every device: the better use of "
+    "several GPUs for many small runs. One process only (ignored under --distributed)."
+)
+DISTRIBUTED_HELP = (
+    "several processes (hosts, or one per GPU), see jacosr.distributed: every process runs the "
+    "same command, each run is data parallel over all their devices, process 0 writes."
 )
 
 
@@ -91,7 +103,8 @@ class Command(Generic[C]):
 
     @functools.cached_property
     def arguments(self) -> type:
-        """The dataclass tyro parses: ``config``, ``workdir`` and ``overwrite``."""
+        """The dataclass tyro parses: ``config``, ``workdir``, ``overwrite``, ``spread_runs``
+        and ``distributed``."""
         outputs = ", ".join(self.outputs)
         doc = (
             f"{self.description}\n\n"
@@ -99,12 +112,16 @@ class Command(Generic[C]):
             f"  workdir: where {outputs} and {self.runs} go; re-running the same command "
             "resumes.\n"
             f"  overwrite: {OVERWRITE_HELP}\n"
+            f"  spread_runs: {SPREAD_RUNS_HELP}\n"
+            f"  distributed: {DISTRIBUTED_HELP}\n"
         )
         name = self.config.__name__.removesuffix("Config") + "Args"
         fields: list[tuple[str, Any, Any]] = [
             ("config", self.config, field(default_factory=self.config)),
             ("workdir", Path, field(default=Path(self.workdir))),
             ("overwrite", bool, field(default=False)),
+            ("spread_runs", bool, field(default=False)),
+            ("distributed", DistributedConfig, field(default_factory=DistributedConfig)),
         ]
         namespace = {"__doc__": doc, "__module__": self.module}
         return dataclasses.make_dataclass(name, fields, frozen=True, namespace=namespace)
@@ -113,8 +130,11 @@ class Command(Generic[C]):
         """Parse ``args`` (default: the command line), run, print the summary and the files
         written; return the results."""
         parsed = cli(self.arguments, args=args)
-        results = self.run(parsed.config, parsed.workdir, overwrite=parsed.overwrite)
-        print(self.summary(results))
-        for name in self.outputs:
-            print(f"wrote {parsed.workdir / name}")
+        initialize(parsed.distributed)
+        with spreading_runs(parsed.spread_runs):
+            results = self.run(parsed.config, parsed.workdir, overwrite=parsed.overwrite)
+        if is_writer():
+            print(self.summary(results))
+            for name in self.outputs:
+                print(f"wrote {parsed.workdir / name}")
         return results

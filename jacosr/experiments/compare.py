@@ -177,10 +177,10 @@ def run(config: CompareConfig, workdir: Path, *, overwrite: bool = False) -> dic
     text = markdown(table)
     with open_workdir(workdir, to_dict(config), outputs=OUTPUTS, overwrite=overwrite) as opened:
         workdir = opened.path
-        (workdir / "compare.md").write_text(text)
-        (workdir / "compare.csv").write_text(csv_text(table))
+        opened.write_text("compare.md", text)
+        opened.write_text("compare.csv", csv_text(table))
         out = {"config": to_dict(config), **table, "markdown": text}
-        (workdir / "results.json").write_text(json.dumps(out, indent=2) + "\n")
+        opened.write_text("results.json", json.dumps(out, indent=2) + "\n")
         panels = {
             metric: {
                 label: {
@@ -192,7 +192,7 @@ def run(config: CompareConfig, workdir: Path, *, overwrite: bool = False) -> dic
             }
             for metric in config.metrics
         }
-        plot_compare(panels).savefig(workdir / "compare.png", dpi=120)
+        opened.save_figure("compare.png", plot_compare(panels))
     return out
 
 

@@ -98,13 +98,13 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
-from scipy import stats
 
 from jacosr.config import require, to_dict
 from jacosr.dynamics import TrackConfig, read_dynamics
 from jacosr.evaluate import EvalConfig
 from jacosr.experiments.command import Command
 from jacosr.experiments.grid import run_grid, seed_grid
+from jacosr.metrics import metric_correlations
 from jacosr.plots import plot_dynamics, plot_metric_pairs
 from jacosr.train import PAPER_SELF_SUP, ResolvedTrainConfig, TrainConfig, resolve
 from jacosr.workdir import open_workdir
@@ -291,19 +291,6 @@ def variant_series(runs: Mapping[str, list[dict]]) -> dict:
     }
 
 
-def correlations(x: np.ndarray, y: np.ndarray) -> dict:
-    """Pearson's r and Spearman's rho of ``x, y: [P]`` (scipy.stats) with their p-values."""
-    pearson = stats.pearsonr(x, y)
-    spearman = stats.spearmanr(x, y)
-    return {
-        "pearson": float(pearson.statistic),
-        "pearson_p": float(pearson.pvalue),
-        "spearman": float(spearman.statistic),
-        "spearman_p": float(spearman.pvalue),
-        "points": len(x),
-    }
-
-
 FIG5_PAIRS = (("jnd", "auroc_loss"), ("jnd", "dbi"))
 
 
@@ -318,8 +305,8 @@ def pooled_correlations(runs: Mapping[str, list[dict]]) -> dict:
         }
         pooled = [np.concatenate(v) for v in zip(*per_seed.values(), strict=True)]
         result[f"{y} vs {x}"] = {
-            "pooled": correlations(*pooled),
-            "per_seed": {name: correlations(*xy) for name, xy in per_seed.items()},
+            "pooled": metric_correlations(*pooled),
+            "per_seed": {name: metric_correlations(*xy) for name, xy in per_seed.items()},
         }
     return result
 
@@ -382,7 +369,7 @@ def run(config: DynamicsConfig, workdir: Path, *, overwrite: bool = False) -> di
         if config.figure == "fig5":
             (runs,) = rows.values()
             entry["correlations"] = pooled_correlations(runs)
-        _figure(spec, entry, rows, split, config.seeds).savefig(png, dpi=120)
+        opened.save_figure(png.name, _figure(spec, entry, rows, split, config.seeds))
         path = workdir / "results.json"
         results = json.loads(path.read_text()) if path.exists() else {}
         results.update({"config": identity(config), "split": split})

@@ -12,26 +12,46 @@ and standard deviation per row and column (:func:`summarise_columns` per row, co
 and metric); :func:`markdown_table` and :func:`jacosr.plots.plot_summary` render the summary;
 :func:`write_table` writes ``table.md``, ``table.json`` and ``table.png``.
 :func:`expected_gpu_time` says what a grid costs on one H100, from the measured throughput.
+:func:`draw_known_sets` draws random known sets per number of classes (Fig. 6, and Fig. 12 on
+a data set without standard splits), and :func:`measure_runs` measures the final model of
+every finished run of a grid with :func:`jacosr.dynamics.measure` (cached in the experiment's
+results.json while the run and the settings are unchanged).
+
+Several devices (see :mod:`jacosr.distributed`): by default the runs go one after another,
+each data parallel over every device (and every process, under ``jax.distributed``), which
+suits big runs. With ``--spread-runs`` (:func:`jacosr.distributed.spreading_runs`) the runs go
+side by side instead, one per local device, each on its device alone (threads of one process;
+a free device takes the next run); each run is then exactly the one-device run. That is the
+better use of several GPUs for the tables' many small runs (an MLP, LeNet or VGG32 at batch
+128 leaves most of a GPU idle, and data parallelism adds an all-reduce to every step). Runs
+are independent and resumable either way; only process 0 writes the table.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+import math
+import queue
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import jax
 import numpy as np
 from matplotlib.figure import Figure
 from tqdm.auto import tqdm
 
 from jacosr.config import to_dict
-from jacosr.data import BENCHMARKS, load_open_set, protocol_a_config
+from jacosr.data import BENCHMARKS, DataConfig, load_open_set, load_source, protocol_a_config
 from jacosr.data.splits import resolve_benchmark
+from jacosr.distributed import is_writer, on_device, spread_devices
+from jacosr.dynamics import TrackConfig, measure, track_samples
 from jacosr.evaluate import EvalConfig
 from jacosr.plots import plot_summary
-from jacosr.train import TrainConfig, resolve, run
-from jacosr.workdir import open_workdir
+from jacosr.train import TrainConfig, load_run, resolve, run
+from jacosr.workdir import Workdir, open_workdir
 
 # A table column: its header and the path of keys to its value in a run's results.json.
 Columns = Mapping[str, tuple[str, ...]]
@@ -151,13 +171,43 @@ def run_grid(
     every score of ``evaluation`` (same settings) is read back untouched, one missing scores
     evaluates only those, any other resumes from its checkpoints (a workdir that holds a
     different config is refused).
+
+    Inside :func:`jacosr.distributed.spreading_runs` (``--spread-runs``) on a process with
+    several local devices, the runs train side by side, one per device (see the module
+    docstring); the results are the same, in the same order. A failed run stops the runs not
+    yet started and raises its error once those in progress have finished (and
+    checkpointed).
     """
-    results = {}
-    bar = tqdm(configs.items(), desc="runs", unit="run", disable=not progress)
-    for name, config in bar:
-        bar.set_postfix_str(name)
-        results[name] = run(config, Path(workdir) / name, evaluation, progress=False)
-    return results
+    devices = spread_devices()
+    bar = tqdm(total=len(configs), desc="runs", unit="run", disable=not (progress and is_writer()))
+    if len(devices) <= 1:
+        results = {}
+        with bar:
+            for name, config in configs.items():
+                bar.set_postfix_str(name)
+                results[name] = run(config, Path(workdir) / name, evaluation, progress=False)
+                bar.update()
+        return results
+    free: queue.SimpleQueue = queue.SimpleQueue()
+    for device in devices:
+        free.put(device)
+
+    def one(name: str, config: TrainConfig) -> dict:
+        device = free.get()
+        try:
+            with on_device(device):
+                return run(config, Path(workdir) / name, evaluation, progress=False)
+        finally:
+            free.put(device)
+            bar.update()
+
+    with bar, ThreadPoolExecutor(len(devices), thread_name_prefix="run") as pool:
+        futures = {name: pool.submit(one, name, config) for name, config in configs.items()}
+        try:
+            return {name: future.result() for name, future in futures.items()}
+        except BaseException:
+            pool.shutdown(cancel_futures=True)
+            raise
 
 
 def _lookup(results: dict, path: tuple[str, ...]) -> float:
@@ -265,7 +315,7 @@ def seed_table(
         seeds = f"seeds {first}-{first + config.seeds - 1}" if config.seeds > 1 else f"seed {first}"
         full_title = f"{title}{split['source']}: known {split['known_classes']}, {seeds}"
         meta = {"config": to_dict(config), "split": split, "evaluation": to_dict(evaluation)}
-        write_table(workdir, summary, markdown, plot_summary(summary, title=full_title), meta)
+        write_table(opened, summary, markdown, plot_summary(summary, title=full_title), meta)
         return {"summary": summary, "markdown": markdown}
 
 
@@ -276,17 +326,17 @@ def table_summary(result: dict) -> str:
 
 
 def write_table(
-    workdir: Path,
+    opened: Workdir,
     summary: Mapping[str, Mapping[str, dict]],
     markdown: str,
     figure: Figure,
     meta: dict,
 ) -> None:
-    """Write ``table.md``, ``table.json`` (``meta`` and the summary) and ``table.png``."""
-    workdir = Path(workdir)
-    (workdir / "table.md").write_text(markdown)
-    (workdir / "table.json").write_text(json.dumps({**meta, "rows": summary}, indent=2) + "\n")
-    figure.savefig(workdir / "table.png", dpi=120)
+    """Write ``table.md``, ``table.json`` (``meta`` and the summary) and ``table.png`` into
+    the opened workdir (in process 0 only, as every :class:`~jacosr.workdir.Workdir` write)."""
+    opened.write_text("table.md", markdown)
+    opened.write_text("table.json", json.dumps({**meta, "rows": summary}, indent=2) + "\n")
+    opened.save_figure("table.png", figure)
 
 
 H100_SECONDS_PER_1K_STEPS: dict[str, tuple[float, float | None]] = {
@@ -340,3 +390,123 @@ def expected_gpu_time(configs: Mapping[str, TrainConfig]) -> str:
         f"{head} ({'; '.join(parts)}) = {when} of training on one H100 (measured with "
         f"benchmarks/gpu.sh on 32x32 images at batch 128{caveat}; evaluation not included)"
     )
+
+
+# Known sets of classes, and the final models of finished runs (Figs. 6 and 12)
+
+
+def draw_known_sets(
+    num_classes: int, sizes: Sequence[int], draws: int, seed: int
+) -> list[dict[int, tuple[int, ...]]]:
+    """``draws`` random, nested known sets of each size: ``[{K: classes}]``, one dict per draw.
+
+    Draw ``d`` is a random order of the ``num_classes`` classes; its known set of size K is the
+    first K of them, sorted (so a draw's sets are nested: the K = 3 set holds the K = 2 one,
+    which pairs the sizes). Orders are drawn one after another from ``default_rng(seed)``; an
+    order that repeats, for some size, the set of an earlier draw is drawn again, so the
+    ``draws`` sets of each size are distinct. More draws keep the earlier ones.
+
+    Raises ``ValueError`` when a size is not in ``2 .. num_classes - 1`` or has fewer than
+    ``draws`` distinct sets.
+    """
+    for k in sizes:
+        if not 2 <= k < num_classes:
+            raise ValueError(
+                f"cannot draw {k} known classes of {num_classes} with at least one unknown; "
+                f"choose sizes from 2 to {num_classes - 1}"
+            )
+        if math.comb(num_classes, k) < draws:
+            raise ValueError(
+                f"only {math.comb(num_classes, k)} distinct sets of {k} of {num_classes} "
+                f"classes, fewer than {draws} draws; lower --draws"
+            )
+    rng = np.random.default_rng(seed)
+    chosen: list[dict[int, tuple[int, ...]]] = []
+    for _ in range(100_000):
+        if len(chosen) == draws:
+            return chosen
+        order = rng.permutation(num_classes)
+        sets = {k: tuple(sorted(int(c) for c in order[:k])) for k in sizes}
+        if all(sets[k] != earlier[k] for earlier in chosen for k in sizes):
+            chosen.append(sets)
+    raise ValueError(f"could not draw {draws} distinct known sets of sizes {list(sizes)}")
+
+
+def source_classes(data: DataConfig) -> int:
+    """The number of classes of ``data``'s (known) data set, a benchmark's included."""
+    resolved = resolve_benchmark(data)
+    return load_source(resolved.dataset, resolved.data_dir).num_classes
+
+
+def known_set_name(classes: Sequence[int]) -> str:
+    """A run's folder for a known set: ``known0-2-5``."""
+    return "known" + "-".join(str(c) for c in classes)
+
+
+def with_known(data: DataConfig, classes: Sequence[int]) -> DataConfig:
+    """``data`` with the known classes ``classes`` and every other class of its data set
+    unknown; a benchmark only chooses the data set and image size."""
+    resolved = resolve_benchmark(data)
+    return dataclasses.replace(
+        resolved,
+        known=tuple(classes),
+        unknown=None,
+        unknown_dataset=None,
+        benchmark=None,
+        protocol_split=DataConfig().protocol_split,
+    )
+
+
+def run_identity_digest(results: dict) -> str:
+    """SHA-256 of a finished run's config and split (classes and the data's SHA-256), from its
+    results.json: a measurement of the run is reused only while this is unchanged."""
+    text = json.dumps({"config": results["config"], "split": results["split"]}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def measure_final(path: Path, steps: int, track: TrackConfig) -> dict:
+    """The row :func:`jacosr.dynamics.measure` gives the final model (step ``steps``) of the
+    run in ``path``, on the samples and with the key a run tracked with ``track`` would use
+    at that step. Read-only (:func:`jacosr.train.load_run`)."""
+    config, data, graphdef, state = load_run(path, step=steps)
+    samples = track_samples(data, track.track_samples, track.track_seed)
+    key = jax.random.fold_in(jax.random.key(track.track_seed), steps)
+    return measure(graphdef, state, samples, config.loss, track, key)
+
+
+def measure_runs(
+    runs: Mapping[str, tuple[Path, dict]],
+    track: TrackConfig,
+    saved: Mapping[str, dict],
+    *,
+    progress: bool = True,
+) -> dict[str, dict]:
+    """Measure the final model of every finished run: ``name -> record``.
+
+    ``runs``: name -> ``(path, results)``, the run's folder and its results.json; ``saved``:
+    records of an earlier call (results.json's ``runs``), reused when they hold the same run
+    (:func:`run_identity_digest`) measured with the same ``track`` settings. A record is the
+    measured row and ``{"path", "dataset", "known_classes", "seed", "steps", "identity",
+    "measured_with"}``.
+    """
+    settings = to_dict(track)
+    records = {}
+    bar = tqdm(runs.items(), desc="measuring", unit="model", disable=not progress)
+    for name, (path, results) in bar:
+        identity = run_identity_digest(results)
+        old = saved.get(name, {})
+        if old.get("identity") == identity and old.get("measured_with") == settings:
+            records[name] = old
+            continue
+        split = results["split"]
+        records[name] = {
+            "path": str(path),
+            "dataset": split["benchmark"] or split["source"],
+            "known_classes": split["known_classes"],
+            "seed": results["config"]["seed"],
+            "steps": results["config"]["steps"],
+            "identity": identity,
+            "measured_with": settings,
+            **measure_final(path, results["config"]["steps"], track),
+        }
+    return records

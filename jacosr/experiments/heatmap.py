@@ -135,13 +135,16 @@ def run(config: HeatmapConfig, workdir: Path, *, overwrite: bool = False) -> dic
                 "auroc_jacobian_norm": metric_auroc(known, unknown),
             }
 
-        np.savez(
-            workdir / "heatmap.npz",
-            grid=grid,
-            **{k.replace(" ", "_"): v for k, v in grids.items()},
+        opened.write(
+            "heatmap.npz",
+            lambda f: np.savez(
+                f,
+                grid=grid,
+                **{k.replace(" ", "_"): v for k, v in grids.items()},
+            ),
         )
         results = {"config": to_dict(config), "split": data.describe(), **stages}
-        (workdir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+        opened.write_text("results.json", json.dumps(results, indent=2) + "\n")
         split = data.describe()
         figure = plot_input_plane_norms(
             grids,
@@ -154,7 +157,7 @@ def run(config: HeatmapConfig, workdir: Path, *, overwrite: bool = False) -> dic
                 f"unknown {split['unknown_classes']} (test points, white crosses)"
             ),
         )
-        figure.savefig(workdir / "heatmap.png", dpi=120)
+        opened.save_figure("heatmap.png", figure)
         return results
 
 

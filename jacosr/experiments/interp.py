@@ -214,11 +214,11 @@ def run(config: InterpConfig, workdir: Path, *, overwrite: bool = False) -> dict
             "path_classes": ends[2].tolist(),
             **{name.replace(" ", "_"): _summary(a, ts) for name, a in analyses.items()},
         }
-        (workdir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+        opened.write_text("results.json", json.dumps(results, indent=2) + "\n")
         levels = {name: (a["known"], a["unknown"]) for name, a in analyses.items()}
-        plot_norm_histograms(levels).savefig(workdir / "hist.png", dpi=120)
+        opened.save_figure("hist.png", plot_norm_histograms(levels))
         profiles = {name: a["profile"] for name, a in analyses.items()}
-        plot_path_profiles(ts, profiles, levels).savefig(workdir / "interp.png", dpi=120)
+        opened.save_figure("interp.png", plot_path_profiles(ts, profiles, levels))
         return results
 
 

@@ -42,7 +42,6 @@ from pathlib import Path
 
 import numpy as np
 from flax import nnx
-from scipy import stats
 
 from jacosr import jacobian
 from jacosr.config import require, to_dict
@@ -51,7 +50,7 @@ from jacosr.evaluate import predict
 from jacosr.experiments.command import Command
 from jacosr.experiments.grid import markdown_table, seed_grid, summarise
 from jacosr.losses import LossConfig
-from jacosr.metrics import metric_auroc
+from jacosr.metrics import metric_auroc, metric_correlations
 from jacosr.models import ModelState, embedding_apply
 from jacosr.plots import plot_loss_vs_norm
 from jacosr.scores import score_loss
@@ -135,21 +134,13 @@ def per_sample(
     }
 
 
-def correlations(norms: np.ndarray, losses: np.ndarray) -> dict[str, float]:
-    """``{"pearson", "spearman"}`` correlation of ``[N]`` norms and ``[N]`` losses."""
-    return {
-        "pearson": float(stats.pearsonr(norms, losses).statistic),
-        "spearman": float(stats.spearmanr(norms, losses).statistic),
-    }
-
-
 def measure(known: dict[str, np.ndarray], unknown: dict[str, np.ndarray]) -> dict:
     """One model's record: correlations over all, known and unknown samples; the AUROC of the
     loss and of the norm as unknown scores; the mean loss and norm of each group."""
     pooled = {k: np.concatenate([known[k], unknown[k]]) for k in ("loss", "norm")}
     groups = {"all": pooled, "known": known, "unknown": unknown}
     return {
-        "correlation": {g: correlations(s["norm"], s["loss"]) for g, s in groups.items()},
+        "correlation": {g: metric_correlations(s["norm"], s["loss"]) for g, s in groups.items()},
         "auroc": {
             "loss": metric_auroc(known["loss"], unknown["loss"]),
             "jacobian_norm": metric_auroc(known["norm"], unknown["norm"]),
@@ -180,7 +171,10 @@ def run(config: LossVsNormConfig, workdir: Path, *, overwrite: bool = False) -> 
             for i, group in enumerate(("known", "unknown"))
             for quantity in ("loss", "norm")
         }
-        np.savez(workdir / "samples.npz", seeds=np.arange(config.seeds), **arrays)
+        opened.write(
+            "samples.npz",
+            lambda f: np.savez(f, seeds=np.arange(config.seeds), **arrays),
+        )
         summary = summarise(records, COLUMNS)
         split = data.describe()
         results = {
@@ -191,7 +185,7 @@ def run(config: LossVsNormConfig, workdir: Path, *, overwrite: bool = False) -> 
             "summary": summary[loss_name],
             "markdown": markdown_table(summary, row_header="loss"),
         }
-        (workdir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+        opened.write_text("results.json", json.dumps(results, indent=2) + "\n")
         first = records[f"{loss_name}/seed0"]
         figure = plot_loss_vs_norm(
             (arrays["norm_known"][0], arrays["norm_unknown"][0]),
@@ -200,7 +194,7 @@ def run(config: LossVsNormConfig, workdir: Path, *, overwrite: bool = False) -> 
             f"seed 0 of {config.seeds}",
             note=_note(first, summary[loss_name], config.seeds),
         )
-        figure.savefig(workdir / "loss_vs_norm.png", dpi=120)
+        opened.save_figure("loss_vs_norm.png", figure)
         return results
 
 

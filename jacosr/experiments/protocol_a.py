@@ -235,7 +235,7 @@ def run(config: ProtocolAConfig, workdir: Path, *, overwrite: bool = False) -> d
         }
         title = f"Table I: AUROC, {arch}, splits {', '.join(map(str, config.splits))}"
         figure = plot_row_bars(auroc, title=title, metric="AUROC", replicates="splits")
-        write_table(workdir, summary, markdown, figure, meta)
+        write_table(opened, summary, markdown, figure, meta)
         return {"summary": summary, "markdown": markdown}
 
 

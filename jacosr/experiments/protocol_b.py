@@ -139,7 +139,7 @@ def run(config: ProtocolBConfig, workdir: Path, *, overwrite: bool = False) -> d
         markdown = markdown_table(summary, row_header="method (score)")
         meta = {"config": to_dict(config), "evaluation": to_dict(evaluation), "splits": splits}
         title = f"Protocol B: macro-F1 at {config.reject_rate:.0%} known rejection, CIFAR10 known"
-        write_table(workdir, summary, markdown, plot_summary(summary, title=title), meta)
+        write_table(opened, summary, markdown, plot_summary(summary, title=title), meta)
         return {"summary": summary, "markdown": markdown}
 
 

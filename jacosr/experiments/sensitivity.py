@@ -7,12 +7,13 @@
 Runtime on 2 CPU cores: 112 s wall and 143 s user+sys CPU at load average 1.5 to 2.1 (this
 job included); 247 s wall at load average 3.3 to 6.4 with other jobs on the cores. The
 default command trains 15 points x 3 seeds = 45 runs of the digits MLP, 500 steps each (the
-three lambda_self > 0 points carry the rotation task and cost more). Each run compiles its own
-training program (:mod:`jacosr.train` bakes the seed and the hyper-parameters into it): 1.4
-to 3.5 s here, depending on the load, more than its 500 training steps, so the number of runs
-sets the cost: the grids have 4 to 6 points, and the default steps are a quarter of the other
-digits experiments' 2,000, to fit 3 minutes. Raise ``--steps`` (the paper: 20,000) and the
-grids for the paper's setting. A re-run that finds every run finished takes seconds.
+three lambda_self > 0 points carry the rotation task and cost more). Each point compiles its
+own training program (:mod:`jacosr.train` bakes the hyper-parameters into it; the seeds of a
+point share it): 1.4 to 3.5 s here, depending on the load, more than its 500 training steps,
+so the number of points sets the cost: the grids have 4 to 6 points, and the default steps
+are a quarter of the other digits experiments' 2,000, to fit 3 minutes. Raise ``--steps``
+(the paper: 20,000) and the grids for the paper's setting. A re-run that finds every run
+finished takes seconds.
 
 Each sweep varies one hyper-parameter of the base run (m-OvR, the paper's defaults otherwise:
 T = 32, m = 0.5, weight decay 1e-3, and on image data sets the weak augmentation and the
@@ -298,11 +299,9 @@ def run(config: SensitivityConfig, workdir: Path, *, overwrite: bool = False) ->
             title=title,
         )
         meta = {"config": to_dict(config), "split": split, "evaluation": to_dict(EVALUATION)}
-        (workdir / "results.json").write_text(
-            json.dumps({**meta, "sweeps": sweeps}, indent=2) + "\n"
-        )
-        (workdir / "sensitivity.md").write_text(markdown)
-        figure.savefig(workdir / "sensitivity.png", dpi=120)
+        opened.write_text("results.json", json.dumps({**meta, "sweeps": sweeps}, indent=2) + "\n")
+        opened.write_text("sensitivity.md", markdown)
+        opened.save_figure("sensitivity.png", figure)
         return {"sweeps": sweeps, "markdown": markdown}
 
 

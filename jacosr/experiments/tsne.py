@@ -148,11 +148,14 @@ def run(config: TsneConfig, workdir: Path, *, overwrite: bool = False) -> dict:
                 )._asdict(),
             }
 
-        np.savez(
-            workdir / "tsne.npz",
-            labels=labels,
-            **{f"map_{n}": m for n, m in maps.items()},
-            **{f"norm_{n}": v for n, v in norms.items()},
+        opened.write(
+            "tsne.npz",
+            lambda f: np.savez(
+                f,
+                labels=labels,
+                **{f"map_{n}": m for n, m in maps.items()},
+                **{f"norm_{n}": v for n, v in norms.items()},
+            ),
         )
         results = {
             "config": to_dict(config),
@@ -160,7 +163,7 @@ def run(config: TsneConfig, workdir: Path, *, overwrite: bool = False) -> dict:
             "num_samples": {"known": len(known.y), "unknown": len(unknown.y)},
             "losses": rows,
         }
-        (workdir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+        opened.write_text("results.json", json.dumps(results, indent=2) + "\n")
         split = data.describe()
         figure = plot_tsne(
             maps,
@@ -169,7 +172,7 @@ def run(config: TsneConfig, workdir: Path, *, overwrite: bool = False) -> dict:
             class_names=[str(c) for c in data.known_classes],
             title=f"{split['source']}: known {split['known_classes']}, unknown in black",
         )
-        figure.savefig(workdir / "tsne.png", dpi=120)
+        opened.save_figure("tsne.png", figure)
         return results
 
 

@@ -30,6 +30,15 @@ The loop works on the host: inputs are NumPy arrays (JAX arrays are copied to th
 once), chunks are sliced and padded with NumPy and the results come back as NumPy arrays, so
 that the loop itself compiles nothing (each eager ``jnp`` slice or pad of a new shape would).
 
+On several devices (:func:`jacosr.distributed.data_mesh`: one host's GPUs, or every process's
+devices under ``jax.distributed``) each chunk's samples are split along the mesh's axis: the
+parameters are replicated, a chunk holds ``devices x`` the samples one device would take (the
+plan is per device, from the sharded program's own memory analysis; the last chunk is padded
+as on one device), the chunks run one at a time (the devices are the parallelism) and the
+results are gathered back to every process (with several processes, every one must make the
+call, with the same inputs). The per-sample kernels do not mix samples, so the norms are the
+single-device ones (equal to float tolerance: XLA may fuse a sharded program differently).
+
 Long calls can report their progress (``progress="a label"``): a tqdm bar over the samples
 (shown only on a terminal, as tqdm decides) and, once the first chunk is back, one line with
 the estimated time of the whole call when it is long (:data:`ESTIMATE_MIN_SECONDS`).
@@ -45,8 +54,17 @@ from typing import Any
 
 import jax
 import numpy as np
+from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
+from jacosr.distributed import (
+    batch_sharded,
+    data_mesh,
+    fetch,
+    put_replicated,
+    put_sharded,
+    replicated,
+)
 from jacosr.jacobian.kernels import (
     ESTIMATORS,
     Fn,
@@ -150,11 +168,12 @@ def _parks_pool_threads(compiled) -> bool:
     return text is None or _PARKING_OPS.search(text) is not None
 
 
-def _workers(compiled) -> int:
+def _workers(compiled, sharded: bool = False) -> int:
     """Chunks of the ``compiled`` program in flight at once: :data:`CPU_WORKERS` on CPU, unless
     the program parks pool threads (then one); one on accelerators (whose dispatch is already
-    asynchronous)."""
-    if jax.default_backend() != "cpu" or _parks_pool_threads(compiled):
+    asynchronous) and on several devices (whose programs must run in the same order in every
+    process, and which are the parallelism)."""
+    if jax.default_backend() != "cpu" or sharded or _parks_pool_threads(compiled):
         return 1
     return CPU_WORKERS
 
@@ -187,30 +206,80 @@ def _plan_blocks(bytes_of_block: Callable[[int], int], num_basis: int, target: i
 
 
 def _plan_chunk(bytes_of_chunk: Callable[[int], int], batch: int, target: int, workers: int) -> int:
-    """Samples per call: as many as fit ``target`` by the one-sample bytes, halved until the
-    compiled chunk itself fits; never more than the batch's share of one of ``workers``."""
-    share = -(-batch // workers)
-    chunk = max(1, min(share, target // max(1, bytes_of_chunk(1))))
+    """Samples per call: as many as fit ``target`` by the one-sample bytes, evened out over
+    the calls (a multiple of ``workers`` of them, so no worker idles and the padded last
+    chunk wastes little: 539 samples at most 247 per call on 2 workers run as 4 x 135, not
+    3 x 247 with 202 padding), then halved until the compiled chunk itself fits."""
+    most = max(1, target // max(1, bytes_of_chunk(1)))
+    calls = -(-batch // most)
+    calls = -(-calls // workers) * workers
+    chunk = -(-batch // calls)
     while chunk > 1 and bytes_of_chunk(chunk) > target:
         chunk //= 2
     return chunk
 
 
 def _plan(
-    compiled: Callable[[int], Any], batch: int, target: int, chunk_size: int | None, resident: int
+    compiled: Callable[[int], Any],
+    batch: int,
+    target: int,
+    chunk_size: int | None,
+    resident: int,
+    sharded: bool = False,
 ):
     """``(program, samples per call, chunks in flight)``; ``compiled(c)`` gives the compiled
-    program of ``c`` samples (from jax's caches when it was compiled before).
+    program of ``c`` samples (from jax's caches when it was compiled before); with
+    ``sharded``, ``c`` samples per device and ``batch`` the samples per device.
 
     A given ``chunk_size`` compiles only its own program; otherwise the one-sample program's
     bytes plan the chunk (:func:`_plan_chunk`), and its HLO says whether it may run in
     :data:`CPU_WORKERS` threads."""
     if chunk_size is not None:
         program = compiled(chunk_size)
-        return program, chunk_size, _workers(program)
-    workers = _workers(compiled(1))
+        return program, chunk_size, _workers(program, sharded)
+    workers = _workers(compiled(1), sharded)
     chunk = _plan_chunk(lambda c: _bytes(compiled(c), resident), batch, target, workers)
     return compiled(chunk), chunk, workers
+
+
+# Where the arrays go
+
+
+class _Layout:
+    """Where one call's arrays live: one device (``mesh`` None: jax's default placement, the
+    abstract values without a sharding, as always), or a mesh over which the samples are split
+    and the rest replicated. Chunk sizes are planned per device (:func:`_plan`)."""
+
+    def __init__(self, mesh: Mesh | None):
+        self.mesh = mesh
+        self.sharded = mesh is not None
+        self.devices = 1 if mesh is None else mesh.size
+
+    def per_device(self, samples: int | None) -> int | None:
+        """Samples per device of ``samples`` split evenly (rounded up), or None."""
+        return None if samples is None else -(-samples // self.devices)
+
+    def replicate(self, tree: Any) -> Any:
+        """``tree`` on the device (or every device of the mesh)."""
+        return jax.device_put(tree) if self.mesh is None else put_replicated(tree, self.mesh)
+
+    def replicated_spec(self, tree: Any) -> Any:
+        """Abstract values ``tree`` (ShapeDtypeStructs), replicated over the mesh, if any."""
+        if self.mesh is None:
+            return tree
+        sharding = replicated(self.mesh)
+        return jax.tree.map(
+            lambda s: jax.ShapeDtypeStruct(
+                s.shape, s.dtype, weak_type=s.weak_type, sharding=sharding
+            ),
+            tree,
+        )
+
+    def batch_spec(self, per_device: int, like: np.ndarray) -> jax.ShapeDtypeStruct:
+        """The abstract chunk ``[per_device x devices, *like.shape[1:]]``, split over the mesh."""
+        shape = (per_device * self.devices, *like.shape[1:])
+        sharding = None if self.mesh is None else batch_sharded(self.mesh)
+        return jax.ShapeDtypeStruct(shape, like.dtype, sharding=sharding)
 
 
 # The host loop
@@ -251,7 +320,12 @@ class _Progress:
 
 
 def _map_chunks(
-    run: Callable, arrays: tuple, chunk: int, workers: int, progress: str | None = None
+    run: Callable,
+    arrays: tuple,
+    chunk: int,
+    workers: int,
+    progress: str | None = None,
+    mesh: Mesh | None = None,
 ):
     """Apply ``run`` to fixed-size chunks of ``arrays`` (NumPy, each ``[B, ...]``); pad the
     last chunk by repeating the last row so every call has the same shapes; trim and
@@ -264,7 +338,8 @@ def _map_chunks(
     on CPU each chunk is waited for before the next is dispatched (one program in flight, see
     :data:`CPU_WORKERS`); on accelerators the chunks are dispatched without waiting, so the
     device's queue stays full. ``progress``: a label to report progress under (see the
-    module), or None."""
+    module), or None. ``mesh``: each chunk's rows are split over it (``chunk`` a multiple of
+    its size) and the results gathered from every device and process; None: one device."""
     batch = arrays[0].shape[0]
     num_chunks = -(-batch // chunk)
     workers = min(workers, num_chunks)
@@ -277,7 +352,8 @@ def _map_chunks(
             pad = chunk - parts[0].shape[0]
             if pad:
                 parts = [np.concatenate([p, np.repeat(p[-1:], pad, axis=0)]) for p in parts]
-            yield jax.device_put(parts)  # in this thread: its jax settings hold
+            # In this thread: its jax settings hold.
+            yield jax.device_put(parts) if mesh is None else put_sharded(parts, mesh)
 
     def back(out):
         report.done(next(sizes))
@@ -301,7 +377,7 @@ def _map_chunks(
             outs = [back(run(*parts)) for parts in chunks()]
     finally:
         report.close()
-    return jax.tree.map(lambda *o: np.concatenate([np.asarray(a) for a in o])[:batch], *outs)
+    return jax.tree.map(lambda *o: np.concatenate([fetch(a) for a in o])[:batch], *outs)
 
 
 # Exact norms
@@ -354,32 +430,41 @@ def jacobian_norms(
     xs = _host_batch(xs)
     _check_chunk_size(chunk_size)
     target = _target_bytes(max_bytes)
-    params = jax.device_put(params)
+    layout = _Layout(data_mesh())
+    params = layout.replicate(params)
     d, d_z = _embedding_shape(f, params, _example(xs))
     mode = resolve_mode(mode, d, d_z)
     num_basis = d_z if mode == "reverse" else d
-    resident, start = _nbytes(params), np.int32(0)
+    resident = _nbytes(params)
+    start = layout.replicated_spec(jax.ShapeDtypeStruct((), np.int32))
 
     def compiled(chunk: int, size: int):
-        spec = jax.ShapeDtypeStruct((chunk, *xs.shape[1:]), xs.dtype)
-        args = (f, _abstract(params), spec, start)
+        spec = layout.batch_spec(chunk, xs)
+        args = (f, layout.replicated_spec(_abstract(params)), spec, start)
         return _exact_block_jit.lower(*args, mode=mode, size=size).compile()
 
-    if chunk_size is not None and _bytes(compiled(chunk_size, num_basis), resident) <= target:
+    per_device = layout.per_device(chunk_size)
+    if per_device is not None and _bytes(compiled(per_device, num_basis), resident) <= target:
         size = num_basis  # the given chunk fits whole, so one sample does too: no blocks
     else:
         size = _plan_blocks(lambda s: _bytes(compiled(1, s), resident), num_basis, target)
     kernel, chunk, workers = _plan(
-        lambda c: compiled(c, size), xs.shape[0], target, chunk_size, resident
+        lambda c: compiled(c, size),
+        layout.per_device(xs.shape[0]),
+        target,
+        per_device,
+        resident,
+        layout.sharded,
     )
-    starts = jax.device_put([np.int32(s) for s in range(0, num_basis, size)])
+    starts = layout.replicate([np.int32(s) for s in range(0, num_basis, size)])
     # One output per basis block; this thread adds them (see _map_chunks).
     blocks = _map_chunks(
         lambda x_chunk: [kernel(params, x_chunk, s) for s in starts],
         (xs,),
-        chunk,
+        chunk * layout.devices,
         workers,
         progress,
+        layout.mesh,
     )
     return np.sqrt(sum(blocks))
 
@@ -439,7 +524,8 @@ def estimate_sqnorms(
     xs = _host_batch(xs)
     _check_chunk_size(chunk_size)
     target = _target_bytes(max_bytes)
-    params = jax.device_put(params)
+    layout = _Layout(data_mesh())
+    params, key = layout.replicate((params, key))
     probes = check_estimator(
         f,
         _example(xs),
@@ -453,12 +539,24 @@ def estimate_sqnorms(
     index = np.arange(xs.shape[0], dtype=np.int32)
 
     def compiled(chunk: int):
-        spec = jax.ShapeDtypeStruct((chunk, *xs.shape[1:]), xs.dtype)
-        index_spec = jax.ShapeDtypeStruct((chunk,), index.dtype)
-        args = (f, _abstract(params), spec, _abstract(key), index_spec)
+        spec, index_spec = layout.batch_spec(chunk, xs), layout.batch_spec(chunk, index)
+        replicated_args = layout.replicated_spec((_abstract(params), _abstract(key)))
+        args = (f, replicated_args[0], spec, replicated_args[1], index_spec)
         return _estimate_chunk_jit.lower(*args, **static).compile()
 
-    kernel, chunk, workers = _plan(compiled, xs.shape[0], target, chunk_size, _nbytes(params))
+    kernel, chunk, workers = _plan(
+        compiled,
+        layout.per_device(xs.shape[0]),
+        target,
+        layout.per_device(chunk_size),
+        _nbytes(params),
+        layout.sharded,
+    )
     return _map_chunks(
-        lambda x, i: kernel(params, x, key, i), (xs, index), chunk, workers, progress
+        lambda x, i: kernel(params, x, key, i),
+        (xs, index),
+        chunk * layout.devices,
+        workers,
+        progress,
+        layout.mesh,
     )

@@ -1,0 +1,263 @@
+"""Several devices and several processes (jacosr.distributed), on CPU.
+
+Two subprocess set-ups, each started once per module and shared by the tests:
+
+- four forced host devices (``XLA_FLAGS=--xla_force_host_platform_device_count=4``): this file
+  run as a script (``devices`` mode) trains a tiny digits run on all four devices (data
+  parallel), computes its Jacobian norms on the four and on one (``on_device``), tries a batch
+  that does not split over the devices, and runs a two-seed grid spread one run per device
+  (each run on its device alone: the plain one-device path, whose seed 0 is the reference
+  curve), twice (the second reads back); it prints one JSON line;
+- two processes (``jax.distributed`` over gloo, one device each) running ``python -m
+  jacosr.train`` on the same tiny run, killed by ``JACOSR_FAULT`` after step 15 (both
+  processes: the fault point follows a collective), then re-run to resume.
+
+The references are the one-device run of the first set-up (the plain path, as on any
+one-device machine) and single-device evaluation in this process. Data parallel training
+changes only the order of float additions (the gradient and BatchNorm all-reduces), so the
+logged losses must agree to ``LOSS_RTOL``; the Jacobian engine's samples do not interact, so
+its norms must agree to float tolerance.
+
+Every subprocess has a timeout: a hang (a collective waiting for a dead peer) fails the test
+instead of blocking the suite; no result depends on timing.
+"""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+TIMEOUT = 300  # seconds; generous (slow CI), only turns a hang into a failure
+LOSS_RTOL = 1e-5
+NORM_RTOL = 1e-5
+STEPS, BATCH = 20, 8
+TINY = dict(steps=STEPS, batch_size=BATCH, log_every=5, dispatch_steps=10, checkpoint_every=10)
+FLAGS = [
+    "--width", "32", "--embed-dim", "16", "--steps", str(STEPS), "--batch-size", str(BATCH),
+    "--log-every", "5", "--dispatch-steps", "10", "--checkpoint-every", "10",
+]  # fmt: skip
+
+
+def _env(devices: int) -> dict:
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    env["XLA_FLAGS"] = (
+        f"{env.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}"
+    )
+    env.pop("JACOSR_FAULT", None)
+    return env
+
+
+def _losses(metrics_text: str) -> list[tuple[int, float]]:
+    return [(r["step"], r["loss"]) for r in map(json.loads, metrics_text.splitlines())]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+# The four-device subprocess
+
+
+def _devices_worker(root: Path) -> dict:
+    """Run in the subprocess with four devices; returns what the tests check."""
+    import dataclasses
+
+    import jax
+
+    from jacosr.data import load_open_set
+    from jacosr.distributed import on_device, spreading_runs
+    from jacosr.evaluate import EvalConfig
+    from jacosr.experiments.grid import run_grid, seed_grid
+    from jacosr.jacobian import estimate_sqnorms, jacobian_norms
+    from jacosr.models import ModelConfig, embedding_apply
+    from jacosr.train import TrainConfig, fit, resolve
+
+    assert len(jax.devices()) == 4
+    config = TrainConfig(model=ModelConfig(width=32, embed_dim=16), **TINY)
+    data = load_open_set(resolve(config).data)
+    graphdef, state = fit(config, data, root / "four", progress=False)
+    xs = data.known_test.x[:37]  # not a multiple of 4: the last chunk is padded
+    f = embedding_apply(graphdef)
+    key = jax.random.key(3)
+    norms4 = jacobian_norms(f, xs, params=state)
+    est4, err4 = estimate_sqnorms(f, xs, key, params=state)
+    with on_device(jax.devices()[0]):
+        norms1 = jacobian_norms(f, xs, params=state)
+        est1, err1 = estimate_sqnorms(f, xs, key, params=state)
+    try:
+        fit(dataclasses.replace(config, batch_size=6), data, root / "odd", progress=False)
+        refused = None
+    except ValueError as err:
+        refused = str(err)
+    grid = seed_grid({"row": config}, 2)
+    evaluation = EvalConfig(scores=("msp",))
+    with spreading_runs():  # the seeds on devices 0 and 1: each run the plain one-device run
+        first = run_grid(grid, root / "grid", evaluation, progress=False)
+        stamps = {n: (root / "grid" / n / "metrics.jsonl").stat().st_mtime_ns for n in grid}
+        again = run_grid(grid, root / "grid", evaluation, progress=False)
+    restamps = {n: (root / "grid" / n / "metrics.jsonl").stat().st_mtime_ns for n in grid}
+    return {
+        "one": (root / "grid" / "row" / "seed0" / "metrics.jsonl").read_text(),
+        "four": (root / "four" / "metrics.jsonl").read_text(),
+        "norms": [norms1.tolist(), norms4.tolist()],
+        "estimates": [est1.tolist(), est4.tolist(), err1.tolist(), err4.tolist()],
+        "refused": refused,
+        "grid": {n: (root / "grid" / n / "metrics.jsonl").read_text() for n in grid},
+        "grid_same": first == again,
+        "grid_untouched": stamps == restamps,
+        "grid_accuracy": [first[n]["accuracy"] for n in grid],
+    }
+
+
+@pytest.fixture(scope="module")
+def four_devices(tmp_path_factory):
+    root = tmp_path_factory.mktemp("four-devices")
+    done = subprocess.run(
+        [sys.executable, __file__, "devices", str(root)],
+        env=_env(4),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return root, json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_four_devices_train_the_one_device_curve(four_devices):
+    root, out = four_devices
+    one, four = _losses(out["one"]), _losses(out["four"])
+    assert [s for s, _ in one] == [5, 10, 15, 20] == [s for s, _ in four]
+    np.testing.assert_allclose([v for _, v in four], [v for _, v in one], rtol=LOSS_RTOL)
+    assert sorted(os.listdir(root / "four" / "checkpoints")) == ["10", "20"]
+    assert {"config.json", "metrics.jsonl", "checkpoints"} <= set(os.listdir(root / "four"))
+
+
+def test_four_devices_jacobian_norms_equal_one_device(four_devices):
+    _, out = four_devices
+    norms1, norms4 = map(np.array, out["norms"])
+    assert norms1.shape == norms4.shape == (37,)
+    assert np.all(norms1 > 0)
+    np.testing.assert_allclose(norms4, norms1, rtol=NORM_RTOL)
+    est1, est4, err1, err4 = map(np.array, out["estimates"])
+    np.testing.assert_allclose(est4, est1, rtol=NORM_RTOL, atol=1e-7)
+    np.testing.assert_allclose(err4, err1, rtol=NORM_RTOL, atol=1e-7)
+
+
+def test_batch_must_split_over_devices(four_devices):
+    _, out = four_devices
+    assert out["refused"] == (
+        "--batch-size must be a multiple of the number of devices (4), which each take an "
+        "equal share; got 6"
+    )
+
+
+def test_spread_grid_runs_each_seed_and_resumes(four_devices):
+    _, out = four_devices
+    assert set(out["grid"]) == {"row/seed0", "row/seed1"}
+    seed0, seed1 = _losses(out["grid"]["row/seed0"]), _losses(out["grid"]["row/seed1"])
+    assert [s for s, _ in seed1] == [s for s, _ in seed0] == [5, 10, 15, 20]
+    assert seed0 != seed1
+    assert out["grid_same"] and out["grid_untouched"]  # the re-run read back, trained nothing
+    assert all(0 < a <= 1 for a in out["grid_accuracy"])
+
+
+# The two-process run
+
+
+def _two_processes(workdir: Path, fault: str | None) -> list[subprocess.CompletedProcess]:
+    port = _free_port()
+    env = _env(1)
+    if fault:
+        env["JACOSR_FAULT"] = fault
+    command = [sys.executable, "-m", "jacosr.train", *FLAGS, "--scores", "msp", "jacobian"]
+    command += ["--workdir", str(workdir), "--distributed", "on"]
+    command += ["--coordinator-address", f"localhost:{port}", "--num-processes", "2"]
+    procs = [
+        subprocess.Popen(
+            [*command, "--process-id", str(i)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    done = []
+    try:
+        for proc in procs:
+            stdout, stderr = proc.communicate(timeout=TIMEOUT)
+            done.append(subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr))
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    return done
+
+
+@pytest.fixture(scope="module")
+def two_processes(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("two-processes") / "run"
+    killed = _two_processes(workdir, "after-step:15")
+    after_kill = {
+        "checkpoints": sorted(os.listdir(workdir / "checkpoints")),
+        "metrics": (workdir / "metrics.jsonl").read_text(),
+    }
+    resumed = _two_processes(workdir, None)
+    return workdir, killed, after_kill, resumed
+
+
+def test_two_processes_killed_and_resumed(two_processes, four_devices):
+    workdir, killed, after_kill, resumed = two_processes
+    assert [p.returncode for p in killed] == [-signal.SIGKILL] * 2, killed[0].stderr[-2000:]
+    assert after_kill["checkpoints"] == ["10"]
+    assert [s for s, _ in _losses(after_kill["metrics"])] == [5, 10, 15]
+    assert [p.returncode for p in resumed] == [0, 0], resumed[0].stderr[-2000:]
+    # Resumed from step 10: every line once, and the single-device curve.
+    losses = _losses((workdir / "metrics.jsonl").read_text())
+    reference = _losses(four_devices[1]["one"])
+    assert [s for s, _ in losses] == [5, 10, 15, 20]
+    np.testing.assert_allclose([v for _, v in losses], [v for _, v in reference], rtol=LOSS_RTOL)
+    assert sorted(os.listdir(workdir / "checkpoints")) == ["10", "20"]
+
+
+def test_only_process_zero_writes(two_processes):
+    workdir, _, _, resumed = two_processes
+    assert f"wrote {workdir / 'results.json'}" in resumed[0].stdout
+    # No table, no "wrote" line (gloo's own connection lines aside).
+    assert [x for x in resumed[1].stdout.splitlines() if not x.startswith("[Gloo]")] == []
+    results = json.loads((workdir / "results.json").read_text())
+    assert list(results["scores"]) == ["msp", "jacobian"]
+
+
+def test_two_process_jacobian_scores_equal_one_device(two_processes, tmp_path):
+    """The exact Jacobian norms of the evaluation, sharded over both processes, give the AUROC
+    that single-device evaluation of the same checkpoint gives here."""
+    from jacosr.evaluate import EvalConfig, evaluate
+    from jacosr.train import load_run
+
+    workdir = tmp_path / "copy"
+    shutil.copytree(two_processes[0], workdir)
+    config, data, graphdef, state = load_run(workdir)
+    here = evaluate(graphdef, state, data, config.loss, EvalConfig(scores=("jacobian",)))
+    there = json.loads((workdir / "results.json").read_text())["scores"]["jacobian"]
+    assert abs(here["scores"]["jacobian"]["auroc"] - there["auroc"]) < 1e-4
+    assert 0.5 < there["auroc"] < 1
+
+
+if __name__ == "__main__":
+    mode, root = sys.argv[1:]
+    assert mode == "devices"
+    from jacosr.config import configure_xla
+
+    configure_xla()
+    print(json.dumps(_devices_worker(Path(root))))
