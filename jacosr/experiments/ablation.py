@@ -79,9 +79,9 @@ from jacosr.evaluate import EvalConfig
 from jacosr.experiments.command import Command
 from jacosr.experiments.grid import (
     TABLE_FILES,
-    expected_gpu_time,
     grid_identity,
     markdown_table,
+    print_expected_gpu_time,
     run_grid,
     seed_grid,
     split_grid,
@@ -281,7 +281,7 @@ def with_average(summary: dict[str, dict[str, dict]]) -> dict[str, dict[str, dic
 def run(config: AblationConfig, workdir: Path, *, overwrite: bool = False) -> dict:
     """Run the chosen rows into ``workdir/runs``, write the tables; return them."""
     configs = ablation_grid(config)
-    print(expected_gpu_time(configs))
+    print_expected_gpu_time(configs)
     identity = grid_identity(config, ("rows", "benchmarks", "splits", "seeds"))
     with open_workdir(workdir, identity, outputs=TABLE_FILES, overwrite=overwrite) as opened:
         workdir = opened.path

@@ -392,6 +392,12 @@ def expected_gpu_time(configs: Mapping[str, TrainConfig]) -> str:
     )
 
 
+def print_expected_gpu_time(configs: Mapping[str, TrainConfig]) -> None:
+    """Print :func:`expected_gpu_time` before a grid trains (in process 0 only)."""
+    if is_writer():
+        print(expected_gpu_time(configs))
+
+
 # Known sets of classes, and the final models of finished runs (Figs. 6 and 12)
 
 

@@ -91,11 +91,11 @@ from jacosr.experiments.compare import collect
 from jacosr.experiments.dynamics import variant_name
 from jacosr.experiments.grid import (
     draw_known_sets,
-    expected_gpu_time,
     grid_identity,
     known_set_name,
     markdown_table,
     measure_runs,
+    print_expected_gpu_time,
     run_grid,
     source_classes,
     split_grid,
@@ -255,7 +255,7 @@ def run(config: JndAurocConfig, workdir: Path, *, overwrite: bool = False) -> di
     model; write the table, results.json and the figure; return results.json's content."""
     grid = {} if config.runs else training_grid(config)
     if grid:
-        print(expected_gpu_time(grid))
+        print_expected_gpu_time(grid)
     found = collect(config.runs) if config.runs else {}  # before the workdir: a bad path fails
     identity = grid_identity(config, EXTENT)
     with open_workdir(workdir, identity, outputs=OUTPUTS, overwrite=overwrite) as opened:

@@ -71,11 +71,11 @@ from jacosr.evaluate import EvalConfig
 from jacosr.experiments.command import Command
 from jacosr.experiments.grid import (
     draw_known_sets,
-    expected_gpu_time,
     grid_identity,
     known_set_name,
     markdown_table,
     measure_runs,
+    print_expected_gpu_time,
     run_grid,
     source_classes,
     summarise,
@@ -195,7 +195,7 @@ def run(config: KnownClassesConfig, workdir: Path, *, overwrite: bool = False) -
     figure and results.json; return results.json's content."""
     num_classes = source_classes(config.train.data)
     draws, grid = training_grid(config, num_classes)  # a K too large fails before the workdir
-    print(expected_gpu_time(grid))
+    print_expected_gpu_time(grid)
     identity = grid_identity(config, ("ks", "draws"))
     with open_workdir(workdir, identity, outputs=OUTPUTS, overwrite=overwrite) as opened:
         workdir = opened.path

@@ -63,8 +63,8 @@ from jacosr.evaluate import EvalConfig
 from jacosr.experiments.command import Command
 from jacosr.experiments.grid import (
     TABLE_FILES,
-    expected_gpu_time,
     markdown_table,
+    print_expected_gpu_time,
     run_grid,
     split_grid,
     summarise_columns,
@@ -211,7 +211,7 @@ def run(config: ProtocolAConfig, workdir: Path, *, overwrite: bool = False) -> d
     """Train and evaluate every method on every split into ``workdir/runs``; write the table;
     return it."""
     configs = protocol_a_grid(config)
-    print(expected_gpu_time(configs))
+    print_expected_gpu_time(configs)
     evaluation = EvalConfig(scores=config.scores)
     with open_workdir(workdir, to_dict(config), outputs=TABLE_FILES, overwrite=overwrite) as opened:
         workdir = opened.path

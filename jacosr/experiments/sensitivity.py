@@ -69,9 +69,9 @@ from jacosr.config import require, to_dict
 from jacosr.evaluate import EvalConfig
 from jacosr.experiments.command import Command
 from jacosr.experiments.grid import (
-    expected_gpu_time,
     grid_identity,
     markdown_table,
+    print_expected_gpu_time,
     run_grid,
     seed_grid,
     summarise,
@@ -267,7 +267,7 @@ def run(config: SensitivityConfig, workdir: Path, *, overwrite: bool = False) ->
     points = sweep_points(config)
     rows = {point_name(c): c for sweep in points.values() for c in sweep.values()}
     configs = seed_grid(rows, config.seeds)
-    print(expected_gpu_time(configs))
+    print_expected_gpu_time(configs)
     identity = grid_identity(config, EXTENT)
     with open_workdir(workdir, identity, outputs=OUTPUTS, overwrite=overwrite) as opened:
         workdir = opened.path
