@@ -88,27 +88,41 @@ def plot_path_profiles(
     return fig
 
 
-def plot_summary(summary: Mapping[str, Mapping[str, dict]], *, title: str) -> Figure:
-    """Grouped bars: one group per row, one bar per column (mean ± std), seeds as dots."""
+def _grouped_bars(ax, summary: Mapping[str, Mapping[str, dict]], *, horizontal: bool) -> float:
+    """Draw ``summary`` (row -> column -> ``{"mean", "std", "values"}``) on ``ax`` as grouped
+    bars: one group per row at 0, 1, ..., one bar per column (mean ± std), the replicates as
+    dots; bars along x when ``horizontal``. Returns the lowest replicate (at most 1), for the
+    value axis's limit."""
     rows = list(summary)
     columns = list(summary[rows[0]])
     width = 0.8 / len(columns)
-    fig = Figure(
-        figsize=(min(12.0, max(6.0, 0.35 * len(rows) * len(columns))), 4.5), layout="tight"
-    )
-    ax = fig.subplots()
-    x = np.arange(len(rows))
     lowest = 1.0
     for i, column in enumerate(columns):
         mean = np.array([summary[r][column]["mean"] for r in rows])
         std = np.array([summary[r][column]["std"] for r in rows])
-        pos = x + (i - (len(columns) - 1) / 2) * width
-        ax.bar(pos, mean, width, yerr=std, capsize=2, label=column, alpha=0.8)
+        pos = np.arange(len(rows)) + (i - (len(columns) - 1) / 2) * width
+        if horizontal:
+            ax.barh(pos, mean, width, xerr=std, capsize=2, label=column, alpha=0.8)
+        else:
+            ax.bar(pos, mean, width, yerr=std, capsize=2, label=column, alpha=0.8)
         for p, r in zip(pos, rows, strict=True):
             values = summary[r][column]["values"]
-            ax.plot([p] * len(values), values, "k.", markersize=3)
+            at = [p] * len(values)
+            ax.plot(*((values, at) if horizontal else (at, values)), "k.", markersize=3)
             lowest = min(lowest, *values)
-    ax.set_xticks(x, rows, rotation=20, ha="right")
+    return lowest
+
+
+def plot_summary(summary: Mapping[str, Mapping[str, dict]], *, title: str) -> Figure:
+    """Grouped bars: one group per row, one bar per column (mean ± std), seeds as dots."""
+    rows = list(summary)
+    columns = list(summary[rows[0]])
+    fig = Figure(
+        figsize=(min(12.0, max(6.0, 0.35 * len(rows) * len(columns))), 4.5), layout="tight"
+    )
+    ax = fig.subplots()
+    lowest = _grouped_bars(ax, summary, horizontal=False)
+    ax.set_xticks(np.arange(len(rows)), rows, rotation=20, ha="right")
     ax.set_ylim(max(0.0, lowest - 0.05), 1.005)
     ax.set_ylabel("mean ± std over seeds (dots: seeds)")
     ax.set_title(title)
@@ -541,22 +555,11 @@ def plot_row_bars(
     """
     rows = list(summary)
     columns = list(summary[rows[0]])
-    height = 0.8 / len(columns)
     size = max(3.0, 1.2 + 0.3 * len(rows) * max(1.0, len(columns) / 2))
     fig = Figure(figsize=(8.0 + (1.5 if len(columns) > 1 else 0.0), size), layout="tight")
     ax = fig.subplots()
-    y = np.arange(len(rows))
-    lowest = 1.0
-    for i, column in enumerate(columns):
-        mean = np.array([summary[r][column]["mean"] for r in rows])
-        std = np.array([summary[r][column]["std"] for r in rows])
-        pos = y + (i - (len(columns) - 1) / 2) * height
-        ax.barh(pos, mean, height, xerr=std, capsize=2, label=column, alpha=0.8)
-        for p, r in zip(pos, rows, strict=True):
-            values = summary[r][column]["values"]
-            ax.plot(values, [p] * len(values), "k.", markersize=3)
-            lowest = min(lowest, *values)
-    ax.set_yticks(y, rows)
+    lowest = _grouped_bars(ax, summary, horizontal=True)
+    ax.set_yticks(np.arange(len(rows)), rows)
     ax.invert_yaxis()
     ax.set_xlim(max(0.0, lowest - 0.05), 1.005)
     ax.set_xlabel(f"{metric}, mean ± std over {replicates} (dots: {replicates})")
