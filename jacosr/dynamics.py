@@ -66,7 +66,7 @@ from flax import nnx
 from jacosr import jacobian
 from jacosr.config import require
 from jacosr.data import OpenSetData, to_float
-from jacosr.evaluate import EMBEDDING_METRICS, predict
+from jacosr.evaluate import EMBEDDING_METRICS, predict, subset_indices
 from jacosr.losses import LossConfig
 from jacosr.metrics import metric_auroc, metric_jacobian_norm_difference
 from jacosr.models import ModelState, Outputs
@@ -196,17 +196,12 @@ class TrackSamples(NamedTuple):
     unknown_x: np.ndarray
 
 
-def _subset(n: int, cap: int, rng: np.random.Generator) -> np.ndarray:
-    """Sorted indices of ``min(n, cap)`` of ``range(n)``, drawn without replacement."""
-    return np.arange(n) if n <= cap else np.sort(rng.choice(n, size=cap, replace=False))
-
-
 def track_samples(data: OpenSetData, cap: int, seed: int) -> TrackSamples:
     """At most ``cap`` known-test and ``cap`` unknown-test samples of ``data``, drawn once from
     ``seed`` (all of a split that has at most ``cap``)."""
     rng = np.random.default_rng(seed)
-    known = _subset(len(data.known_test.y), cap, rng)
-    unknown = _subset(len(data.unknown_test.y), cap, rng)
+    known = subset_indices(len(data.known_test.y), cap, rng)
+    unknown = subset_indices(len(data.unknown_test.y), cap, rng)
     return TrackSamples(
         np.asarray(to_float(data.known_test.x[known])),
         np.asarray(data.known_test.y[known]),

@@ -113,10 +113,13 @@ SPLIT_NAMES = {"val": "known-val", "known": "known-test", "unknown": "unknown-te
 DATA_SPLITS = {"val": "known_val", "known": "known_test", "unknown": "unknown_test"}
 
 
-def subset_indices(n: int, cap: int, seed: int | tuple[int, ...]) -> np.ndarray:
+def subset_indices(
+    n: int, cap: int, seed: int | tuple[int, ...] | np.random.Generator
+) -> np.ndarray:
     """``[min(n, cap)]`` sorted indices of a seeded random subset of ``range(n)``, drawn without
-    replacement by ``np.random.default_rng(seed)``; all of ``range(n)`` when ``n <= cap`` or
-    ``cap == 0``."""
+    replacement by ``np.random.default_rng(seed)`` (a ``Generator`` is used as it is, so that
+    several subsets can come from one stream); all of ``range(n)``, drawing nothing, when
+    ``n <= cap`` or ``cap == 0``."""
     if cap == 0 or n <= cap:
         return np.arange(n)
     return np.sort(np.random.default_rng(seed).choice(n, size=cap, replace=False))

@@ -46,7 +46,7 @@ from flax import nnx
 from jacosr import jacobian
 from jacosr.config import require, to_dict
 from jacosr.data import OpenSetData, Split, load_open_set, to_float
-from jacosr.evaluate import predict
+from jacosr.evaluate import predict, subset_indices
 from jacosr.experiments.command import Command
 from jacosr.experiments.grid import markdown_table, seed_grid, summarise
 from jacosr.losses import LossConfig
@@ -109,7 +109,7 @@ def capped_test_splits(data: OpenSetData, max_samples: int, seed: int) -> tuple[
     def cut(split: Split) -> Split:
         if len(split.y) <= max_samples:
             return split
-        keep = np.sort(rng.choice(len(split.y), size=max_samples, replace=False))
+        keep = subset_indices(len(split.y), max_samples, rng)
         return Split(split.x[keep], split.y[keep])
 
     return cut(data.known_test), cut(data.unknown_test)
