@@ -11,7 +11,14 @@ import pytest
 
 from jacosr.data import DataConfig
 from jacosr.dynamics import DYNAMICS_FILE, TrackConfig
-from jacosr.experiments.dynamics import FIGURES, SERIES, DynamicsConfig, main, variant_name
+from jacosr.experiments.dynamics import (
+    FIGURES,
+    SERIES,
+    DynamicsConfig,
+    format_summary,
+    main,
+    variant_name,
+)
 from jacosr.train import TrainConfig, resolve
 
 TINY_FLAGS = [
@@ -135,3 +142,17 @@ def test_help_lists_the_figure_and_tracking_flags(capsys):
     text = capsys.readouterr().out
     for flag in ("--figure", "--seeds", "--track-points", "--track-estimator", "--backbone"):
         assert flag in text
+
+
+def test_an_undefined_correlation_is_said_not_printed_as_a_number():
+    entry = {
+        "caption": "Fig. 5",
+        "panels": [],
+        "variants": {},
+        "correlations": {"auroc_loss vs jnd": {"pooled": None, "per_seed": {}}},
+        "png": "fig5.png",
+    }
+    assert format_summary(entry).splitlines()[2:] == [
+        "  auroc_loss vs jnd: correlation undefined (fewer than 3 points, or a constant series)",
+        "figure: fig5.png",
+    ]

@@ -229,3 +229,13 @@ def test_missing_data_fails_before_the_workdir_exists(tmp_path):
             ]
         )
     assert not (tmp_path / "w").exists()
+
+
+def test_a_constant_group_has_nan_correlations():
+    """A constant loss has no correlation with the norm: NaN, as scipy gives, never a number."""
+    known = {"norm": np.array([1.0, 2.0, 3.0]), "loss": np.array([5.0, 5.0, 5.0])}
+    unknown = {"norm": np.array([4.0, 5.0, 6.0]), "loss": np.array([6.0, 7.0, 9.0])}
+    record = measure(known, unknown)
+    assert np.isnan(record["correlation"]["known"]["pearson"])
+    assert np.isnan(record["correlation"]["known"]["spearman"])
+    assert record["correlation"]["unknown"]["spearman"] == pytest.approx(1.0)

@@ -291,6 +291,7 @@ def variant_series(runs: Mapping[str, list[dict]]) -> dict:
     }
 
 
+UNDEFINED = "correlation undefined (fewer than 3 points, or a constant series)"
 FIG5_PAIRS = (("jnd", "auroc_loss"), ("jnd", "dbi"))
 
 
@@ -313,6 +314,8 @@ def pooled_correlations(runs: Mapping[str, list[dict]]) -> dict:
 
 def _note(c: dict) -> str:
     pooled = c["pooled"]
+    if pooled is None:
+        return UNDEFINED
     return (
         f"Pearson r = {pooled['pearson']:.3f}\nSpearman ρ = {pooled['spearman']:.3f}\n"
         f"({pooled['points']} points)"
@@ -390,6 +393,9 @@ def format_summary(entry: dict) -> str:
         lines.append(f"  {label} ({v['run']}, step {v['steps'][-1]}): " + ", ".join(cells))
     for pair, c in entry.get("correlations", {}).items():
         pooled = c["pooled"]
+        if pooled is None:
+            lines.append(f"  {pair}: {UNDEFINED}")
+            continue
         lines.append(
             f"  {pair}, {pooled['points']} points pooled over seeds: Pearson r = "
             f"{pooled['pearson']:.3f}, Spearman rho = {pooled['spearman']:.3f}"

@@ -134,13 +134,20 @@ def per_sample(
     }
 
 
+UNDEFINED = {"pearson": float("nan"), "spearman": float("nan")}
+"""A group's correlations where none is defined (a constant loss or norm): NaN, which the
+summary over seeds then carries."""
+
+
 def measure(known: dict[str, np.ndarray], unknown: dict[str, np.ndarray]) -> dict:
     """One model's record: correlations over all, known and unknown samples; the AUROC of the
     loss and of the norm as unknown scores; the mean loss and norm of each group."""
     pooled = {k: np.concatenate([known[k], unknown[k]]) for k in ("loss", "norm")}
     groups = {"all": pooled, "known": known, "unknown": unknown}
     return {
-        "correlation": {g: metric_correlations(s["norm"], s["loss"]) for g, s in groups.items()},
+        "correlation": {
+            g: metric_correlations(s["norm"], s["loss"]) or UNDEFINED for g, s in groups.items()
+        },
         "auroc": {
             "loss": metric_auroc(known["loss"], unknown["loss"]),
             "jacobian_norm": metric_auroc(known["norm"], unknown["norm"]),
