@@ -894,7 +894,7 @@ def run(
             },
         }
         try:
-            wd.write_text(RESULTS, json.dumps(results, indent=2) + "\n")
+            wd.write_json(RESULTS, results)
         except OSError as err:
             warnings.warn(
                 f"could not write {wd.path / RESULTS}: {err.strerror}; the results "

@@ -36,7 +36,7 @@ import shutil
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, Any
 
 from jacosr.distributed import agree, is_writer
 
@@ -189,7 +189,7 @@ class Workdir:
       outputs: the names this run writes in ``path`` besides ``config.json``.
       wrote_config: whether this opening wrote ``config.json`` (it was missing).
       writer: whether this process writes here (process 0; see the module docstring): the
-        others' :meth:`clear`, :meth:`write_text` and :meth:`discard_config` do nothing.
+        others' :meth:`clear`, :meth:`write` and :meth:`discard_config` do nothing.
     """
 
     path: Path
@@ -207,23 +207,23 @@ class Workdir:
         _write_marker(self.path, self.outputs)
         _write_atomic(self.path / CONFIG, json.dumps(self.config, indent=2) + "\n")
 
-    def write_text(self, name: str, text: str) -> None:
-        """Write the output ``name`` (one of :attr:`outputs`) atomically: a failed write (disk
-        full, read-only workdir) leaves the previous file as it was."""
-        self.write(name, text)
-
     def write(self, name: str, content: str | Callable[[IO[bytes]], None]) -> None:
-        """Write the output ``name`` (one of :attr:`outputs`) atomically, as
-        :meth:`write_text`: ``content`` is text or a function that writes the file's bytes to
-        the binary file it is given, e.g. ``lambda f: np.savez(f, **arrays)``."""
+        """Write the output ``name`` (one of :attr:`outputs`) atomically: a failed write (disk
+        full, read-only workdir) leaves the previous file as it was. ``content`` is text or a
+        function that writes the file's bytes to the binary file it is given, e.g.
+        ``lambda f: np.savez(f, **arrays)``."""
         if name not in self.outputs:
             raise ValueError(f"{name!r} is not one of this run's outputs {self.outputs}")
         if self.writer:
             _write_atomic(self.path / name, content)
 
+    def write_json(self, name: str, value: Any) -> None:
+        """Write ``value`` as the indented JSON output ``name``, as :meth:`write`."""
+        self.write(name, json.dumps(value, indent=2) + "\n")
+
     def save_figure(self, name: str, figure: Figure, dpi: int = 120) -> None:
         """Save the matplotlib ``figure`` as the output ``name``, in the format its suffix
-        names (``.png``), atomically as :meth:`write_text`."""
+        names (``.png``), as :meth:`write`."""
         self.write(name, lambda f: figure.savefig(f, format=Path(name).suffix[1:], dpi=dpi))
 
     def discard_config(self) -> None:

@@ -151,9 +151,9 @@ def test_unreadable_config_counts_as_different(tmp_path):
 
 def test_write_text_is_atomic_and_limited_to_outputs(tmp_path):
     with open_workdir(tmp_path, A, outputs=OUT) as wd:
-        wd.write_text("results.json", "{}")
+        wd.write("results.json", "{}")
         with pytest.raises(ValueError, match=r"'notes.txt' is not one of this run's outputs"):
-            wd.write_text("notes.txt", "x")
+            wd.write("notes.txt", "x")
     assert (tmp_path / "results.json").read_text() == "{}"
     assert not (tmp_path / "results.json.tmp").exists()
 

@@ -177,10 +177,10 @@ def run(config: CompareConfig, workdir: Path, *, overwrite: bool = False) -> dic
     text = markdown(table)
     with open_workdir(workdir, to_dict(config), outputs=OUTPUTS, overwrite=overwrite) as opened:
         workdir = opened.path
-        opened.write_text("compare.md", text)
-        opened.write_text("compare.csv", csv_text(table))
+        opened.write("compare.md", text)
+        opened.write("compare.csv", csv_text(table))
         out = {"config": to_dict(config), **table, "markdown": text}
-        opened.write_text("results.json", json.dumps(out, indent=2) + "\n")
+        opened.write_json("results.json", out)
         panels = {
             metric: {
                 label: {

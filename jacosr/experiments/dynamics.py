@@ -377,7 +377,7 @@ def run(config: DynamicsConfig, workdir: Path, *, overwrite: bool = False) -> di
         results = json.loads(path.read_text()) if path.exists() else {}
         results.update({"config": identity(config), "split": split})
         results.setdefault("figures", {})[config.figure] = entry
-        opened.write_text("results.json", json.dumps(results, indent=2) + "\n")
+        opened.write_json("results.json", results)
         return entry
 
 

@@ -334,8 +334,8 @@ def write_table(
 ) -> None:
     """Write ``table.md``, ``table.json`` (``meta`` and the summary) and ``table.png`` into
     the opened workdir (in process 0 only, as every :class:`~jacosr.workdir.Workdir` write)."""
-    opened.write_text("table.md", markdown)
-    opened.write_text("table.json", json.dumps({**meta, "rows": summary}, indent=2) + "\n")
+    opened.write("table.md", markdown)
+    opened.write_json("table.json", {**meta, "rows": summary})
     opened.save_figure("table.png", figure)
 
 

@@ -33,7 +33,6 @@ model (one seed; the figure is a picture, not an estimate).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -144,7 +143,7 @@ def run(config: HeatmapConfig, workdir: Path, *, overwrite: bool = False) -> dic
             ),
         )
         results = {"config": to_dict(config), "split": data.describe(), **stages}
-        opened.write_text("results.json", json.dumps(results, indent=2) + "\n")
+        opened.write_json("results.json", results)
         split = data.describe()
         figure = plot_input_plane_norms(
             grids,

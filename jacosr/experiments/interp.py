@@ -19,7 +19,6 @@ norm difference (Eq. 20) with a bootstrap interval, before and after training.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -214,7 +213,7 @@ def run(config: InterpConfig, workdir: Path, *, overwrite: bool = False) -> dict
             "path_classes": ends[2].tolist(),
             **{name.replace(" ", "_"): _summary(a, ts) for name, a in analyses.items()},
         }
-        opened.write_text("results.json", json.dumps(results, indent=2) + "\n")
+        opened.write_json("results.json", results)
         levels = {name: (a["known"], a["unknown"]) for name, a in analyses.items()}
         opened.save_figure("hist.png", plot_norm_histograms(levels))
         profiles = {name: a["profile"] for name, a in analyses.items()}

@@ -279,8 +279,8 @@ def run(config: JndAurocConfig, workdir: Path, *, overwrite: bool = False) -> di
             "panels": by_panel,
             "markdown": markdown,
         }
-        opened.write_text("results.json", json.dumps(results, indent=2) + "\n")
-        opened.write_text("jnd_auroc.md", markdown)
+        opened.write_json("results.json", results)
+        opened.write("jnd_auroc.md", markdown)
         opened.save_figure("jnd_auroc.png", _figure(records, by_panel))
         return results
 

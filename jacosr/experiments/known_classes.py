@@ -226,8 +226,8 @@ def run(config: KnownClassesConfig, workdir: Path, *, overwrite: bool = False) -
             "correlations": correlations,
             "markdown": markdown,
         }
-        opened.write_text("results.json", json.dumps(results, indent=2) + "\n")
-        opened.write_text("known_classes.md", markdown)
+        opened.write_json("results.json", results)
+        opened.write("known_classes.md", markdown)
         opened.save_figure("known_classes.png", _figure(results, config))
         return results
 

@@ -36,7 +36,6 @@ the loss carries what the norm does not.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -192,7 +191,7 @@ def run(config: LossVsNormConfig, workdir: Path, *, overwrite: bool = False) -> 
             "summary": summary[loss_name],
             "markdown": markdown_table(summary, row_header="loss"),
         }
-        opened.write_text("results.json", json.dumps(results, indent=2) + "\n")
+        opened.write_json("results.json", results)
         first = records[f"{loss_name}/seed0"]
         figure = plot_loss_vs_norm(
             (arrays["norm_known"][0], arrays["norm_unknown"][0]),

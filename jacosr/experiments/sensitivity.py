@@ -58,7 +58,6 @@ digits at any weight). The accuracy stays at 0.978 or more everywhere but the co
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -299,8 +298,8 @@ def run(config: SensitivityConfig, workdir: Path, *, overwrite: bool = False) ->
             title=title,
         )
         meta = {"config": to_dict(config), "split": split, "evaluation": to_dict(EVALUATION)}
-        opened.write_text("results.json", json.dumps({**meta, "sweeps": sweeps}, indent=2) + "\n")
-        opened.write_text("sensitivity.md", markdown)
+        opened.write_json("results.json", {**meta, "sweeps": sweeps})
+        opened.write("sensitivity.md", markdown)
         opened.save_figure("sensitivity.png", figure)
         return {"sweeps": sweeps, "markdown": markdown}
 

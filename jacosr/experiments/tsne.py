@@ -38,7 +38,6 @@ from the known clusters.
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -163,7 +162,7 @@ def run(config: TsneConfig, workdir: Path, *, overwrite: bool = False) -> dict:
             "num_samples": {"known": len(known.y), "unknown": len(unknown.y)},
             "losses": rows,
         }
-        opened.write_text("results.json", json.dumps(results, indent=2) + "\n")
+        opened.write_json("results.json", results)
         split = data.describe()
         figure = plot_tsne(
             maps,
