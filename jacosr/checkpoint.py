@@ -87,6 +87,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import numbers
 import os
 import re
 import shutil
@@ -99,17 +100,19 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from jacosr.config import MAKE_ROOM
 from jacosr.distributed import is_writer
-from jacosr.workdir import WorkdirError, config_diff
+from jacosr.workdir import OutputFolder, WorkdirError, config_diff
 
 FAULT_ENV = "JACOSR_FAULT"
 FAULT_POINTS = ("after-step", "during-save", "after-save")
 TMP_SUFFIX = ocp.path.atomicity.TMP_DIR_SUFFIX  # ".orbax-checkpoint-tmp"
+CHECKPOINTS = OutputFolder("checkpoints", rf"\d+({re.escape(TMP_SUFFIX)}(-\d+)?)?")
+"""``<workdir>/checkpoints``, a run's output folder: what the store writes there are the step
+folders and the temporary folders of saves (``<step>.orbax-checkpoint-tmp``; older Orbax
+versions add ``-<timestamp>``); Orbax writes nothing else there with this store's options, so
+anything else is the user's (kept by ``--overwrite``)."""
 METADATA_BYTES = 1 << 20  # room for Orbax's metadata files, beside the arrays' bytes
-MAKE_ROOM = (
-    "make room (free disk space, or raise the file-size limit) and re-run the same command "
-    "to resume"
-)
 
 
 def fault_point(point: str, step: int) -> None:
@@ -207,11 +210,12 @@ class CheckpointStore:
             raise ValueError(
                 f"keep must be >= 1 (a run resumes from its last checkpoint); got {keep}"
             )
-        self.directory = Path(workdir).absolute() / "checkpoints"
+        self.directory = Path(workdir).absolute() / CHECKPOINTS.name
         self.read_only = read_only
         if not read_only and is_writer():
             for stray in self.directory.glob(f"*{TMP_SUFFIX}*"):
-                shutil.rmtree(stray)
+                if re.fullmatch(CHECKPOINTS.entries, stray.name):
+                    shutil.rmtree(stray)
         self._manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(
@@ -319,14 +323,35 @@ class CheckpointStore:
 
     def _existing(self, step: int) -> int:
         """``step`` if it is one of the saved checkpoints, else ``FileNotFoundError`` naming
-        them."""
+        them (``TypeError`` when ``step`` is not an integer: ``"160"`` is no step)."""
         steps = self.steps()
+        if isinstance(step, bool) or not isinstance(step, numbers.Integral):
+            raise TypeError(
+                f"step must be an int, one of the steps of the checkpoints in {self.directory} "
+                f"({steps or 'none'}); got {step!r}"
+            )
         if step not in steps:
             raise FileNotFoundError(
                 f"no checkpoint {step} in {self.directory}; its checkpoints are at steps "
                 f"{steps or 'none'}"
             )
         return step
+
+    def _files_intact(self, step: int) -> bool:
+        try:
+            self._verify_files(step)
+        except ValueError:
+            return False
+        return True
+
+    def _damaged(self, step: int, why: str) -> DamagedCheckpointError:
+        """The error for checkpoint ``step``, asked for by step and damaged (``why``): it is
+        never replaced by another, so the message lists those whose files are intact."""
+        intact = [other for other in self.steps() if other != step and self._files_intact(other)]
+        choose = f"its intact checkpoints are at steps {intact}" if intact else "none is intact"
+        return DamagedCheckpointError(
+            f"checkpoint {step} in {self.directory} is damaged ({why}); {choose}"
+        )
 
     def model(self, step: int | None = None) -> dict | None:
         """The ``model`` item of checkpoint ``step`` (default: of the newest checkpoint whose
@@ -343,7 +368,7 @@ class CheckpointStore:
             try:
                 self._verify_files(candidate)
             except ValueError as err:
-                damaged.append(f"checkpoint {candidate}: {err}")
+                damaged.append((candidate, str(err)))
                 continue
             if not (self.directory / str(candidate) / "model").is_dir():
                 return None
@@ -351,12 +376,13 @@ class CheckpointStore:
             try:
                 return self._manager.restore(candidate, args=args)["model"]
             except Exception as err:  # Orbax raises many types on bad data
-                damaged.append(f"checkpoint {candidate}: unreadable: {_cause(err)}")
+                damaged.append((candidate, f"unreadable: {_cause(err)}"))
+        if step is not None:
+            raise self._damaged(step, damaged[0][1])
         if not damaged:
             raise FileNotFoundError(f"no checkpoint in {self.directory}")
-        raise DamagedCheckpointError(
-            f"no intact checkpoint in {self.directory} ({'; '.join(damaged)})"
-        )
+        reasons = "; ".join(f"checkpoint {s}: {why}" for s, why in damaged)
+        raise DamagedCheckpointError(f"no intact checkpoint in {self.directory} ({reasons})")
 
     def newest_intact(
         self, template: Any, *, step: int | None = None
@@ -372,10 +398,7 @@ class CheckpointStore:
             try:
                 state, identity = self._read(self._existing(step), template)
             except ValueError as err:
-                raise DamagedCheckpointError(
-                    f"checkpoint {step} in {self.directory} is damaged ({err}); choose another "
-                    f"of its steps {self.steps()}"
-                ) from None
+                raise self._damaged(step, str(err)) from None
             return step, state, identity, []
         damaged = []
         for step in reversed(self.steps()):

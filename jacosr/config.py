@@ -10,15 +10,20 @@ and docstrings; ``run_command`` turns the errors of a command into one line (see
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
+import gc
 import inspect
+import logging
 import os
 import re
 import sys
+import threading
 import types
 import typing
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -115,6 +120,14 @@ command-line errors). An unexpected exception keeps Python's traceback and statu
 EXIT_INTERRUPTED = 130
 """Exit status after Ctrl-C (128 + SIGINT, the shell's convention)."""
 INTERRUPTED = "interrupted; re-run the same command to resume"
+MAKE_ROOM = (
+    "make room (free disk space, or raise the file-size limit) and re-run the same command "
+    "to resume"
+)
+"""The fix for a full disk or a file over the size limit (runs checkpoint, and re-running
+resumes)."""
+NO_ROOM = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+"""The ``errno`` of a write that found no room: disk full, file-size limit, quota."""
 
 USER_ERRORS: tuple[type[BaseException], ...] = (
     ValueError,
@@ -173,12 +186,70 @@ def cli(cls: type[T], *, description: str | None = None, args: Sequence[str] | N
 
 
 def _one_line(err: BaseException) -> str:
+    if isinstance(err, OSError) and err.errno in NO_ROOM:
+        where = f"could not write {err.filename}: " if err.filename else ""
+        return f"{where}{err.strerror}; {MAKE_ROOM}"
     message = re.sub(r"\s*\n\s*", " ", str(err)).strip()
     return message or type(err).__name__
 
 
+def print_error(message: str) -> None:
+    """Print the one line ``error: <message>`` of a command that stops (on stderr)."""
+    print(f"error: {message}", file=sys.stderr, flush=True)
+
+
 def _show_warning_in_one_line(message, category, filename, lineno, file=None, line=None):
     print(f"warning: {_one_line(message)}", file=file or sys.stderr)
+
+
+def _not_from_orbax(record: logging.LogRecord) -> bool:
+    return f"{os.sep}orbax{os.sep}" not in record.pathname
+
+
+def _none(record: logging.LogRecord) -> bool:
+    return False
+
+
+@contextlib.contextmanager
+def _background_reports_dropped() -> Iterator[None]:
+    """Within the block, drop what Orbax's save machinery reports from its threads and event
+    loops when a save fails (a full disk) or is interrupted: its absl log records
+    (``_SignalingThread.run() raised an exception`` and a traceback), asyncio's ``Task
+    exception was never retrieved``, and the exceptions Python ignores in TensorStore's
+    callbacks into an event loop Orbax has closed (``sys.unraisablehook``). The save raises
+    the cause itself, which the command's one line gives; these repeat it as pages of
+    tracebacks. jacosr runs no event loop of its own."""
+    absl, aio = logging.getLogger("absl"), logging.getLogger("asyncio")
+    hook = sys.unraisablehook
+    absl.addFilter(_not_from_orbax)
+    aio.addFilter(_none)
+    sys.unraisablehook = lambda unraisable: None
+    try:
+        yield
+    finally:
+        sys.unraisablehook = hook
+        aio.removeFilter(_none)
+        absl.removeFilter(_not_from_orbax)
+
+
+def _let_background_end(before: set[threading.Thread]) -> None:
+    """Wait for Orbax's threads started since ``before`` that are still running (its writers
+    after Ctrl-C during a save; Python would wait for them at exit anyway), then collect what
+    the failed command left (asyncio tasks report their errors when collected): inside
+    :func:`_background_reports_dropped`, so that what they report is dropped. Other threads
+    are not waited for (an idle worker of a thread pool ends only when Python exits). A
+    second Ctrl-C stops the wait."""
+
+    def orbax_threads() -> list[threading.Thread]:
+        found = threading.enumerate()  # running or starting
+        return [t for t in found if t not in before and type(t).__module__.startswith("orbax.")]
+
+    with contextlib.suppress(KeyboardInterrupt):
+        while pending := orbax_threads():  # one may start another
+            for thread in pending:
+                with contextlib.suppress(RuntimeError):  # still starting: the next round
+                    thread.join()
+    gc.collect()
 
 
 def run_command(main: Callable[[list[str]], object], argv: Sequence[str] | None = None) -> None:
@@ -198,23 +269,32 @@ def run_command(main: Callable[[list[str]], object], argv: Sequence[str] | None 
     - any other exception is a bug: it keeps its traceback (status 1);
     - without ``--debug``, a warning (a damaged checkpoint skipped, results that could not be
       written) is one line too, ``warning: <message>``, instead of Python's two-line format
-      that quotes the library's source line.
+      that quotes the library's source line;
+    - a full disk or a file over the size limit (``OSError`` with an ``errno`` of
+      :data:`NO_ROOM`) names the file, when the error knows it, and says to make room and
+      re-run to resume;
+    - without ``--debug``, what Orbax's threads report when a save fails or is interrupted is
+      dropped (see :func:`_background_reports_dropped`), also while the threads it left end.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = DEBUG_FLAG in argv or os.environ.get(DEBUG_ENV, "") not in ("", "0")
     argv = [a for a in argv if a != DEBUG_FLAG]
-    try:
-        with warnings.catch_warnings():
-            if not debug:
-                warnings.showwarning = _show_warning_in_one_line
-            main(argv)
-    except KeyboardInterrupt:
-        if debug:
-            raise
-        print(f"error: {INTERRUPTED}", file=sys.stderr)
-        raise SystemExit(EXIT_INTERRUPTED) from None
-    except USER_ERRORS as err:
-        if debug:
-            raise
-        print(f"error: {_one_line(err)}", file=sys.stderr)
-        raise SystemExit(EXIT_ERROR) from None
+    before = set(threading.enumerate())
+    with contextlib.nullcontext() if debug else _background_reports_dropped():
+        try:
+            with warnings.catch_warnings():
+                if not debug:
+                    warnings.showwarning = _show_warning_in_one_line
+                main(argv)
+            return
+        except KeyboardInterrupt:
+            if debug:
+                raise
+            status, message = EXIT_INTERRUPTED, INTERRUPTED
+        except USER_ERRORS as err:
+            if debug:
+                raise
+            status, message = EXIT_ERROR, _one_line(err)
+        print_error(message)
+        _let_background_end(before)  # after the except block: the error and its frames go
+    raise SystemExit(status)

@@ -56,7 +56,7 @@ import numpy as np
 from flax import nnx
 
 from jacosr.data import to_float
-from jacosr.evaluate import map_padded, predict
+from jacosr.evaluate import forward, map_padded, predict
 from jacosr.losses import LossConfig
 from jacosr.models import ModelState, OpenSetNet, Outputs, embedding_apply, split_model
 from jacosr.scores import SCORES, ScoreConfig, ScoreContext, Scorer
@@ -136,6 +136,19 @@ class Network:
         given (as a NumPy array)."""
         return np.asarray(to_float(np.asarray(x)) if self.graphdef is not None else x)
 
+    def output_shapes(self, x: np.ndarray) -> Outputs:
+        """The outputs of ONE input of ``x: [N, ...]``, traced, not computed: ``Outputs`` of
+        ``jax.ShapeDtypeStruct``, ``embedding: [D]`` and ``class_scores: [K]`` (None without a
+        ``logits`` function) for a well-made model. Raises what the model raises when it
+        cannot take an input of that shape."""
+        one = jax.ShapeDtypeStruct((1, *x.shape[1:]), x.dtype)
+        if self.graphdef is not None:
+            fn = functools.partial(forward, self.graphdef)
+        else:
+            fn = functools.partial(_forward_functions, self.embed, self.logits)
+        out = jax.eval_shape(fn, self.params, one)  # cached by jit, as the forward pass
+        return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), out)
+
     def outputs(self, x) -> Outputs:
         """The forward pass of ``x: [N, ...]``: ``Outputs`` of NumPy arrays, ``embedding: [N, D]``
         and ``class_scores: [N, K]`` (the logits; None without a ``logits`` function)."""
@@ -189,9 +202,17 @@ class Detector:
     docstring for the models it takes.
 
     ``reads`` says what the score reads: ``"logits"``, ``"embeddings"`` or ``"inputs"`` (the
-    Jacobian scores, which differentiate ``embed``)."""
+    Jacobian scores, which differentiate ``embed``); ``min_width`` the fewest classes (logits)
+    or dimensions (embeddings) it tells samples apart with.
+
+    Every entry checks its arguments, with one ``ValueError`` naming the detector, the
+    argument, the shape got and the shape expected: logits ``[N, K]`` and embeddings ``[N, D]``,
+    given or computed by the model (traced on one input before anything runs: a model that
+    fails on ``x[0]``, or gives a scalar or ``[K, 1]`` per input, is named as such), once
+    fitted of the width fitted on; labels ``[N]`` ints; finite training features."""
 
     reads: str = "logits"
+    min_width: int = 1
 
     def __init__(
         self,
@@ -222,6 +243,7 @@ class Detector:
                 "or give the run (its workdir) instead of (graphdef, state)"
             )
         self._scorer: Scorer | None = None
+        self._width: int | None = None  # K or D of the features fitted on
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r}, fitted={self._scorer is not None})"
@@ -233,23 +255,45 @@ class Detector:
         (every class present); nothing to fit for most scores. Returns the detector."""
         if not self.spec.fits_on_train:
             return self
-        return self._fit(self._network("fit").outputs(x), labels)
+        self._scorer, self._width = None, None  # a new fit, of any width
+        net, x = self._inputs(x, "fit")
+        return self._fit(net.outputs(x), labels, "fit")
 
     def fit_features(self, labels, *, embeddings=None, logits=None) -> Detector:
         """:meth:`fit` on precomputed known-training features: ``embeddings: [N, D]`` and/or
         ``logits: [N, K]``, ``labels: [N]``. Returns the detector."""
         if not self.spec.fits_on_train:
             return self
-        return self._fit(self._checked(_features(embeddings, logits)), labels)
+        self._scorer, self._width = None, None
+        train = self._checked(_features(embeddings, logits), "fit_features")
+        return self._fit(train, labels, "fit_features")
 
-    def _fit(self, train: Outputs, labels) -> Detector:
-        labels, n = np.asarray(labels), len(getattr(train, self._field()[0]))
+    def _fit(self, train: Outputs, labels, verb: str) -> Detector:
+        """Fit on ``train`` (its field the score reads checked to be ``[N, width]``) and
+        ``labels``; refused: labels that are not ``[N]`` ints, non-finite features (one would
+        make every score NaN), and what the score's own fit refuses (labels out of range, a
+        class without samples; :func:`jacosr.scores.check_train_labels`)."""
+        field, arg = self._field()
+        where, features = f"{type(self).__name__}.{verb}", getattr(train, field)
+        labels, n = np.asarray(labels), len(features)
         if labels.shape != (n,) or not np.issubdtype(labels.dtype, np.integer):
             raise ValueError(
-                f"labels must be [N] ints, one per training sample (N = {n}); got "
+                f"{where}: labels must be [N] ints, one per training sample (N = {n}); got "
                 f"{labels.dtype} of shape {labels.shape}"
             )
-        self._scorer = self.spec.make(self._context(train, labels))
+        bad = np.flatnonzero(~np.isfinite(features).all(axis=1))
+        if len(bad):
+            rows = ", ".join(map(str, bad[:10])) + (", ..." if len(bad) > 10 else "")
+            raise ValueError(
+                f"{where}: the {arg} of {len(bad)} of the {n} training samples are not finite "
+                f"(NaN or inf; rows {rows}): fitted on, they would make every score NaN; drop "
+                "those samples, or find why the model gives them"
+            )
+        try:
+            self._scorer = self.spec.make(self._context(train, labels))
+        except ValueError as err:
+            raise ValueError(f"{where}: {err}") from err
+        self._width = features.shape[1]
         return self
 
     def _context(self, train: Outputs | None = None, labels=None) -> ScoreContext:
@@ -279,11 +323,11 @@ class Detector:
         """Unknown scores of ``x: [N, ...]`` (as the model takes them), ``[N]`` float, higher
         = more likely unknown. The Jacobian detectors show a progress bar and, for a long call,
         the estimated time (see :func:`jacosr.jacobian.jacobian_norms`)."""
-        net = self._network("score")
         scorer = self._ready()
+        net, x = self._inputs(x, "score")
         if self.reads == "inputs":
             return np.asarray(scorer(None, net.inputs(x)))
-        return np.asarray(scorer(self._checked(net.outputs(x)), None))
+        return np.asarray(scorer(net.outputs(x), None))
 
     def score_features(self, *, embeddings=None, logits=None) -> np.ndarray:
         """Unknown scores of precomputed features, ``embeddings: [N, D]`` and/or ``logits:
@@ -293,7 +337,9 @@ class Detector:
                 f"{type(self).__name__} differentiates the model, so it scores inputs, not "
                 "features: call score(x) with a differentiable JAX model"
             )
-        return np.asarray(self._ready()(self._checked(_features(embeddings, logits)), None))
+        scorer = self._ready()
+        features = self._checked(_features(embeddings, logits), "score_features")
+        return np.asarray(scorer(features, None))
 
     def predict(self, x, threshold: float) -> np.ndarray:
         """``[N]`` bool, True = unknown: ``score(x) > threshold``."""
@@ -309,21 +355,74 @@ class Detector:
             )
         return self.network
 
+    def _inputs(self, x, verb: str) -> tuple[Network, np.ndarray]:
+        """The network and ``x`` as a NumPy array, once ``x`` is known to be a batch ``[N,
+        ...]`` the model takes, giving outputs of the shapes the score reads: traced on one
+        input (:meth:`Network.output_shapes`), before anything is computed."""
+        net = self._network(verb)
+        where, x = f"{type(self).__name__}.{verb}", np.asarray(x)
+        if x.ndim == 0 or len(x) == 0:
+            raise ValueError(
+                f"{where}: x must be a batch [N, ...] of N >= 1 inputs, one per row; got shape "
+                f"{x.shape}"
+            )
+        if net.graphdef is not None and x.ndim != 4:
+            one = " (one image? x[None] is a batch of it)" if x.ndim == 3 else ""
+            raise ValueError(
+                f"{where}: a jacosr model takes images x: [N, H, W, C]; got shape {x.shape}{one}"
+            )
+        try:
+            shapes = net.output_shapes(x)
+        except (TypeError, ValueError, IndexError) as err:
+            raise ValueError(
+                f"{where}: the model fails on one input of shape {x.shape[1:]} (x: {x.shape} "
+                f"is taken as [N, ...], one input per row; is that how the model takes it?): "
+                f"{err}"
+            ) from err
+        self._checked(shapes, verb, x.shape)
+        return net, x
+
     def _field(self) -> tuple[str, str]:
         """The field of ``Outputs`` the score reads and the argument that gives it."""
         if self.reads == "logits":
             return "class_scores", "logits"
         return "embedding", "embeddings"
 
-    def _checked(self, out: Outputs) -> Outputs:
-        """``out`` if it holds what the score reads, else a clear error."""
+    def _checked(self, out: Outputs, verb: str, x_shape: tuple | None = None) -> Outputs:
+        """``out`` if it holds what the score reads, of the shape the score needs, else an
+        error naming the detector, the argument, the shape got and the shape expected.
+
+        ``out``: the arrays given to ``verb`` (``logits: [N, K]``, ``embeddings: [N, D]``, N
+        >= 1), or, with ``x_shape`` (the shape of the inputs), the model's outputs for ONE
+        input (``[K]``, ``[D]``; :meth:`Network.output_shapes`). The width is at least
+        :attr:`min_width`, and once fitted, the one fitted on."""
         field, arg = self._field()
-        if getattr(out, field) is None:
+        got, where = getattr(out, field), f"{type(self).__name__}.{verb}"
+        if got is None:
             raise ValueError(
                 f"{type(self).__name__} reads {arg}: pass {arg}=[N, ...] to the *_features "
                 "methods, or give the model a logits function (jacosr.Network(embed, logits))"
             )
-        return out
+        size, unit = ("K", "classes") if arg == "logits" else ("D", "dimensions")
+        if self._width is not None:
+            need = f"{size} = {self._width} {unit}, as fitted"
+        else:
+            alike = ": with one, every sample scores alike" if self.min_width > 1 else ""
+            need = f"{size} >= {self.min_width} {unit}{alike}"
+        shape, per_input = tuple(got.shape), x_shape is not None
+        ok = len(shape) == (1 if per_input else 2) and shape[-1] >= self.min_width
+        if ok and self._width in (None, shape[-1]) and (per_input or shape[0] >= 1):
+            return out
+        if per_input:
+            output = "logits" if arg == "logits" else "embedding"
+            raise ValueError(
+                f"{where}: the model's {output} must be [{size}] for one input "
+                f"({need}), so [N, {size}] for x: [N, ...]; it gives shape {shape} for one "
+                f"input of shape {x_shape[1:]} (x: {x_shape})"
+            )
+        raise ValueError(
+            f"{where}: {arg} must be [N, {size}] (N >= 1 samples, {need}); got shape {shape}"
+        )
 
 
 class LossScore(Detector):
@@ -332,12 +431,16 @@ class LossScore(Detector):
     taken from it); for logits as given, the softmax cross-entropy. ``margin=False``: m-OvR's
     loss without its angular margins (:func:`jacosr.scores.score_loss_no_margin`)."""
 
+    min_width = 2
+
     def __init__(self, model: Any = None, *, loss: LossConfig | None = None, margin: bool = True):
         super().__init__("loss" if margin else "loss_no_margin", model, loss=loss)
 
 
 class MaxSoftmax(Detector):
     """Negative maximum softmax probability (Hendrycks & Gimpel 2017)."""
+
+    min_width = 2
 
     def __init__(self, model: Any = None, *, loss: LossConfig | None = None):
         super().__init__("msp", model, loss=loss)
@@ -371,6 +474,8 @@ class OpenMax(Detector):
     """Log-probability of OpenMax's unknown class (Bendale & Boult 2016): a Weibull fit per class
     on the ``tail`` largest distances to the class's mean logit vector, recalibrating the
     ``alpha`` top classes; fit on known training data."""
+
+    min_width = 2
 
     def __init__(
         self, model: Any = None, *, loss: LossConfig | None = None, tail: int = 20, alpha: int = 2

@@ -17,7 +17,10 @@ What runs where:
 - **Several processes** (hosts, or one process per GPU): :func:`initialize` starts
   ``jax.distributed`` from a :class:`DistributedConfig` (``--coordinator-address``,
   ``--num-processes``, ``--process-id``, or ``--distributed auto``: jax's cluster detection,
-  e.g. SLURM, Open MPI, Kubernetes/TPU pods). Then :func:`devices` holds every process's
+  e.g. SLURM, Open MPI, Kubernetes/TPU pods). Each process says on stderr that it waits for
+  the others and stops with a one-line error when they have not all joined within
+  ``--distributed-timeout`` seconds (jax itself would abort with a C++ stack trace); process 0
+  first checks that the coordinator's port is free. Then :func:`devices` holds every process's
   devices and the mesh spans them all; every process runs the same program on the same global
   batch indices and feeds its own devices their shards (the training set is replicated on
   every device: each process loads it, which is cheap at the paper's scale, CIFAR's 50,000
@@ -36,6 +39,12 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import errno
+import os
+import socket
+import sys
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -45,7 +54,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from jacosr.config import require
+from jacosr.config import EXIT_ERROR, print_error, require
 
 AXIS = "data"
 """The mesh's one axis: the batch (training) or the samples (Jacobian norms) are split along
@@ -62,15 +71,19 @@ class DistributedConfig:
         the three flags below, each of which may be left out where jax detects it) or
         ``auto`` (let jax detect the cluster: SLURM, Open MPI, Kubernetes, TPU pods). Every
         process runs the same command; process 0 alone writes.
-      coordinator_address: ``host:port`` of process 0's coordinator (``on``).
+      coordinator_address: ``host:port`` of process 0's coordinator (``on``): process 0's
+        machine and a free port on it, the same in every process.
       num_processes: how many processes take part (``on``).
       process_id: this process's number, 0 .. num_processes - 1 (``on``).
+      distributed_timeout: how many seconds a process waits for all the others to join
+        before it stops with an error (``on``, ``auto``).
     """
 
     distributed: Literal["off", "on", "auto"] = "off"
     coordinator_address: str | None = None
     num_processes: int | None = None
     process_id: int | None = None
+    distributed_timeout: int = 300
 
     def __post_init__(self):
         explicit = (self.coordinator_address, self.num_processes, self.process_id)
@@ -79,6 +92,16 @@ class DistributedConfig:
             "--distributed",
             "on when --coordinator-address, --num-processes or --process-id is given",
             self.distributed,
+        )
+        require(
+            self.coordinator_address is None or _host_port(self.coordinator_address) is not None,
+            "--coordinator-address",
+            "host:port, process 0's machine and a port in 1 .. 65535 (e.g. localhost:12345 "
+            "or 10.0.0.1:12345)",
+            self.coordinator_address,
+        )
+        require(
+            self.distributed_timeout >= 1, "--distributed-timeout", ">= 1", self.distributed_timeout
         )
         require(
             self.num_processes is None or self.num_processes >= 1,
@@ -95,20 +118,157 @@ class DistributedConfig:
         )
 
 
+def _host_port(address: str) -> tuple[str, int] | None:
+    """``(host, port)`` of ``"host:port"`` (an IPv6 host in brackets: ``[::1]:12345``), or
+    None when ``address`` is not one."""
+    host, _, port = address.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        return None
+    return host, int(port)
+
+
+def _check_port_free(address: str) -> None:
+    """Refuse (``OSError``) a coordinator port that another program holds on this machine:
+    process 0 binds it on every interface, as jax's coordinator does, whose gRPC server
+    crashes the process instead of raising when the port is taken."""
+    port = _host_port(address)[1]
+    try:
+        probe = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+        probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)  # IPv4 too, as gRPC
+        where = ("::", port)
+    except OSError:  # no IPv6 here
+        probe, where = socket.socket(socket.AF_INET, socket.SOCK_STREAM), ("", port)
+    with probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC: TIME_WAIT is free
+        try:
+            probe.bind(where)
+        except OSError as err:
+            if err.errno != errno.EADDRINUSE:
+                raise
+            raise OSError(
+                f"port {port} is in use by another program on this machine, so process 0 "
+                f"cannot start its coordinator at {address}; choose a free port in "
+                "--coordinator-address (the same in every process), or stop that program",
+            ) from None
+
+
+def _others(process_id: int, num_processes: int) -> str:
+    """All processes but this one: ``"process 1"``, ``"processes 0 and 2"``, ``"processes 1,
+    2 and 3"``, ``"processes 0 .. 7 other than 3"``."""
+    others = [i for i in range(num_processes) if i != process_id]
+    if len(others) == 1:
+        return f"process {others[0]}"
+    if len(others) <= 3:
+        return f"processes {', '.join(map(str, others[:-1]))} and {others[-1]}"
+    if process_id == 0:
+        return f"processes 1 .. {num_processes - 1}"
+    return f"processes 0 .. {num_processes - 1} other than {process_id}"
+
+
+def _wait_for_coordinator(address: str, deadline: float, timeout: int) -> None:
+    """Wait until process 0's coordinator at ``address`` accepts connections, or raise
+    ``TimeoutError`` at ``deadline`` (``time.monotonic()``; ``timeout`` seconds in all)."""
+    host, port = _host_port(address)
+    while True:
+        left = deadline - time.monotonic()
+        try:
+            socket.create_connection((host, port), timeout=max(left, 0.1)).close()
+            return
+        except OSError:
+            if left <= 0:
+                raise TimeoutError(
+                    f"process 0 did not start its coordinator at {address} within {timeout} "
+                    "s (--distributed-timeout); start process 0 with the same "
+                    "--coordinator-address and --num-processes, or raise --distributed-timeout"
+                ) from None
+            time.sleep(min(0.1, left))
+
+
+@contextlib.contextmanager
+def _stop_after(deadline: float, message: str) -> Iterator[None]:
+    """Stop the process with ``error: <message>`` (status 2) if the block is still running
+    at ``deadline`` (``time.monotonic()``): ``jax.distributed.initialize`` cannot be
+    interrupted, and at its own timeout it aborts the process with a C++ stack trace."""
+    done = threading.Event()
+
+    def watch() -> None:
+        if not done.wait(deadline - time.monotonic()):
+            print_error(message)
+            os._exit(EXIT_ERROR)
+
+    threading.Thread(target=watch, name="jacosr-distributed-timeout", daemon=True).start()
+    try:
+        yield
+    finally:
+        done.set()
+
+
+JAX_TIMEOUT_MARGIN = 60
+"""Seconds jax's own initialization timeout adds to ``--distributed-timeout``, so that
+:func:`_stop_after` says what happened before jax aborts."""
+
+
 def initialize(config: DistributedConfig) -> None:
     """Start ``jax.distributed`` as ``config`` says (nothing when ``distributed="off"``).
 
     Call it before anything touches jax's devices (entry points do, right after parsing).
+    Process 0 first refuses a coordinator port in use (``OSError``); each process prints on
+    stderr that it waits for the others, and a process other than 0 waits for process 0's
+    coordinator first (``TimeoutError`` when it does not answer). A process whose peers have
+    not all joined within ``config.distributed_timeout`` seconds stops with ``error: ...``
+    (status 2) naming the address, the processes and the flag. Flags that jax was to detect
+    and did not (no cluster) are a ``ValueError`` naming them.
+
     CPU collectives across processes go through gloo (jax's CPU default has none; the setting
     does not touch GPU collectives, which are NCCL's)."""
     if config.distributed == "off":
         return
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(
-        coordinator_address=config.coordinator_address,
-        num_processes=config.num_processes,
-        process_id=config.process_id,
+    address, n, pid = config.coordinator_address, config.num_processes, config.process_id
+    timeout = config.distributed_timeout
+    deadline = time.monotonic() + timeout
+    if None in (address, n, pid):  # jax detects the rest, or says it cannot
+        who, where = "the other processes of the cluster that jax detects", ""
+        late = "not every process of the cluster joined"
+    else:
+        if pid == 0:
+            _check_port_free(address)
+        who, where = (_others(pid, n) if n > 1 else "no other process"), f" at {address}"
+        late = f"{who} did not join" if n == 2 else f"not all of {who} joined"
+    if n != 1:
+        print(
+            f"process {'?' if pid is None else pid} of {n or '?'}: waiting up to {timeout} s "
+            f"for {who} to join{where} (--distributed-timeout)",
+            file=sys.stderr,
+            flush=True,
+        )
+    if pid not in (None, 0) and address is not None:
+        _wait_for_coordinator(address, deadline, timeout)
+    late += (
+        f"{where} within {timeout} s (--distributed-timeout); start every process with the "
+        "same --coordinator-address and --num-processes and its own --process-id, or raise "
+        "--distributed-timeout"
     )
+    try:
+        with _stop_after(deadline, late):
+            jax.distributed.initialize(
+                coordinator_address=address,
+                num_processes=n,
+                process_id=pid,
+                initialization_timeout=timeout + JAX_TIMEOUT_MARGIN,
+            )
+    except ValueError:  # jax was to detect a flag and did not
+        if None not in (address, n, pid):
+            raise
+        flags = ("--coordinator-address", "--num-processes", "--process-id")
+        missing = [f for f, value in zip(flags, (address, n, pid), strict=True) if value is None]
+        raise ValueError(
+            f"--distributed {config.distributed} needs {', '.join(missing)}: jax detected no "
+            "cluster (SLURM, Open MPI, Kubernetes, TPU pods) to take them from; pass "
+            "--distributed on with --coordinator-address HOST:PORT (process 0's machine and a "
+            "free port), --num-processes and --process-id"
+        ) from None
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
 
 
 def is_writer() -> bool:

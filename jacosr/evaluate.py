@@ -83,7 +83,9 @@ class EvalConfig:
 
 
 @partial(jax.jit, static_argnums=0)
-def _forward(graphdef: nnx.GraphDef, state: ModelState, x: jax.Array) -> Outputs:
+def forward(graphdef: nnx.GraphDef, state: ModelState, x: jax.Array) -> Outputs:
+    """Eval-mode outputs of one batch ``x: [B, H, W, C]`` (float32 or uint8), compiled once
+    per architecture and batch shape (:func:`predict` runs it over a whole split)."""
     return apply_model(graphdef, state, to_float(x), train=False)[0]
 
 
@@ -105,7 +107,7 @@ def predict(
 ) -> Outputs:
     """Eval-mode outputs for ``x: [N, H, W, C]`` (float32 or uint8), as numpy arrays, in
     fixed-size batches (:func:`map_padded`)."""
-    return map_padded(lambda xs: _forward(graphdef, state, xs), x, batch_size)
+    return map_padded(lambda xs: forward(graphdef, state, xs), x, batch_size)
 
 
 # How the splits are called in messages, and in the data (and the results' "subsets").

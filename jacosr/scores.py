@@ -177,11 +177,41 @@ def score_energy(outputs: Outputs, config: LossConfig) -> jax.Array:
 # ----- scores fitted on known-train ---------------------------------------------------------
 
 
-def class_means(embeddings: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
-    """``[N, D], [N] -> [K, D]`` mean embedding per class; every class must occur."""
+def _listed(values) -> str:
+    """``values`` as ``"3, 4, 7"``, the first ten of them and how many more there are."""
+    values = [str(v) for v in values]
+    more = f" and {len(values) - 10} more" if len(values) > 10 else ""
+    return ", ".join(values[:10]) + more
+
+
+def check_train_labels(labels: np.ndarray, num_classes: int, least: int = 1) -> None:
+    """Refuse training labels ``[N]`` that a fit per class cannot use: a label outside
+    ``[0, num_classes)`` (which ones, and K), or a class with fewer than ``least`` samples
+    (which ones). A fit that ignored them would leave a class out, or fail on another one."""
+    labels = np.asarray(labels)
+    outside = (labels < 0) | (labels >= num_classes)
+    if outside.any():
+        raise ValueError(
+            f"labels must be class indices in [0, K) with K = {num_classes} classes; got "
+            f"{_listed(np.unique(labels[outside]))} ({np.count_nonzero(outside)} of "
+            f"{len(labels)} samples)"
+        )
     counts = np.bincount(labels, minlength=num_classes)
-    if np.any(counts == 0):
-        raise ValueError(f"classes {np.flatnonzero(counts == 0).tolist()} have no samples")
+    short = np.flatnonzero(counts < least)
+    if len(short):
+        samples = "sample" if least == 1 else "samples"
+        raise ValueError(
+            f"each of the K = {num_classes} classes needs at least {least} training {samples} "
+            f"(labels 0..{num_classes - 1}, every class present); too few: "
+            f"{_listed(f'class {k} ({counts[k]})' for k in short)}"
+        )
+
+
+def class_means(embeddings: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """``[N, D], [N] -> [K, D]`` mean embedding per class; every class must occur
+    (:func:`check_train_labels`)."""
+    check_train_labels(labels, num_classes)
+    counts = np.bincount(labels, minlength=num_classes)
     sums = np.zeros((num_classes, embeddings.shape[1]))
     np.add.at(sums, labels, embeddings)
     return sums / counts[:, None]
@@ -229,14 +259,15 @@ def fit_openmax(
     vector ``mu_k`` and a two-parameter Weibull (location 0, maximum likelihood, as
     ``scipy.stats.weibull_min.fit``) fitted to the ``tail_size`` largest Euclidean distances
     ``||v - mu_k||`` (libMR's ``FitHigh``, without its translation). A class with fewer than two
-    correctly classified samples (a barely trained model) is fitted on all its samples.
+    correctly classified samples (a barely trained model) is fitted on all its samples. Labels
+    outside ``[0, K)`` and classes with fewer than two samples are refused
+    (:func:`check_train_labels`).
     """
+    check_train_labels(labels, num_classes, least=2)
     correct = np.argmax(activations, -1) == labels
     means, shapes, scales = [], [], []
     for k in range(num_classes):
         of_class = labels == k
-        if np.count_nonzero(of_class) < 2:
-            raise ValueError(f"OpenMax needs at least 2 training samples of class {k}")
         v = activations[of_class & correct]
         if len(v) < 2:
             v = activations[of_class]

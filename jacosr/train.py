@@ -73,7 +73,7 @@ from flax import nnx
 from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
-from jacosr.checkpoint import CheckpointStore, DamagedCheckpointError, fault_point
+from jacosr.checkpoint import CHECKPOINTS, CheckpointStore, DamagedCheckpointError, fault_point
 from jacosr.config import cli, from_dict, require, to_dict
 from jacosr.data import DataConfig, OpenSetData, get_augmentation, load_open_set, to_float
 from jacosr.data.augment import paper_augmentation
@@ -556,9 +556,9 @@ class At:
         return next((s for s in self.steps if s > step), self.steps[-1])
 
 
-TRAIN_OUTPUTS = ("checkpoints", "metrics.jsonl", DYNAMICS_FILE, "results.json")
+TRAIN_OUTPUTS = (CHECKPOINTS, "metrics.jsonl", DYNAMICS_FILE, "results.json")
 """What a training run writes in its workdir besides ``config.json`` (all that ``--overwrite``
-may delete there)."""
+may delete there; in ``checkpoints/``, only the checkpoints)."""
 
 
 def _truncate_log(path: Path, step: int) -> None:
@@ -918,16 +918,31 @@ def load_run(
     needs the data set, which is then loaded anyway).
 
     The checkpoint is verified as by :func:`fit`: without ``step`` a damaged one is skipped
-    with a warning; with ``step``, a damaged or missing one is an error naming the steps
-    there are. Read-only, without taking the workdir's lock (a run may be training there).
+    with a warning; with ``step`` (an int), a missing one is an error naming the steps there
+    are, a damaged one an error naming the intact ones. A ``config.json`` that does not hold a
+    training run's config is a ``ValueError`` naming it. Read-only, without taking the
+    workdir's lock (a run may be training there).
     """
     workdir = Path(workdir)
     config_path = workdir / "config.json"
     if not config_path.exists():
         raise FileNotFoundError(f"{workdir} has no config.json; is it a jacosr workdir?")
-    identity = json.loads(config_path.read_text())
-    trained_on = identity.get(TRAINED_ON)  # None: a run older than the record
-    config = from_dict(ResolvedTrainConfig, {k: v for k, v in identity.items() if k != TRAINED_ON})
+    try:
+        identity = json.loads(config_path.read_text())
+        trained_on = identity.get(TRAINED_ON)  # None: a run older than the record
+        config = {k: v for k, v in identity.items() if k != TRAINED_ON}
+        config = from_dict(ResolvedTrainConfig, config)
+    except (ValueError, TypeError, AttributeError) as err:
+        fix = (
+            "each checkpoint keeps a copy of the run's config (checkpoints/<step>/config/"
+            "metadata): copy one over it"
+            if (workdir / CHECKPOINTS.name).is_dir()
+            else "is it a training run's workdir? (find_runs lists those below a folder)"
+        )
+        raise ValueError(
+            f"{config_path} is not the config of a training run ({type(err).__name__}: "
+            f"{err}); {fix}"
+        ) from None
     with CheckpointStore(workdir, read_only=True) as store:
         if not store.steps():
             raise FileNotFoundError(f"no checkpoint in {store.directory}")
@@ -991,10 +1006,21 @@ class TrainArgs:
 def main(args: list[str] | None = None) -> dict:
     parsed = cli(TrainArgs, args=args)
     initialize(parsed.distributed)
+    path = parsed.workdir / RESULTS
+
+    def stamp() -> tuple[int, int] | None:  # an atomic write gives the file a new inode
+        try:
+            found = path.stat()
+        except OSError:
+            return None
+        return found.st_ino, found.st_mtime_ns
+
+    before = stamp()
     results = run(parsed.config, parsed.workdir, parsed.evaluation, overwrite=parsed.overwrite)
     if is_writer():
         print(format_table(results))
-        print(f"wrote {parsed.workdir / 'results.json'}")
+        if stamp() != before:  # not when run read it back or could not write it
+            print(f"wrote {path}")
     return results
 
 

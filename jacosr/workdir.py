@@ -3,8 +3,10 @@
 A workdir is a folder that jacosr made: :func:`open_workdir` writes the marker file
 ``.jacosr-workdir`` when it creates the folder (or finds it empty), with the names of the
 outputs the run writes there (``config.json`` always; e.g. ``metrics.jsonl``, ``results.json``,
-``checkpoints`` for a training run). A folder that is not empty and has no marker is never
-written into or deleted from, whatever the flags.
+``checkpoints`` for a training run). An output may be a folder that the user can write into
+too (:class:`OutputFolder`: ``checkpoints``); the marker then says which of its entries are
+jacosr's (a regular expression of their names: a checkpoint per step). A folder that is not
+empty and has no marker is never written into or deleted from, whatever the flags.
 
 While a run is open (the ``with`` block of :func:`open_workdir`) it holds an exclusive
 ``flock`` on the workdir's directory; a second process on the same workdir is refused. The
@@ -15,9 +17,12 @@ opened (to re-evaluate a finished run).
 A run with the same config reuses the workdir (training resumes). A different config is
 refused unless ``overwrite``, which deletes only what jacosr wrote: the outputs named in the
 markers of the workdir and of every marked workdir below it (experiments keep their runs in
-``<workdir>/runs/<row>/seed<i>`` or ``<workdir>/train``), and folders this leaves empty on the
+``<workdir>/runs/<row>/seed<i>`` or ``<workdir>/train``; of an output folder, only the entries
+its marker describes, then the folder if that empties it), and folders this leaves empty on the
 way to those sub-workdirs. Files and folders the user put anywhere survive, and a sub-workdir
-that another process holds makes the overwrite refuse before anything is deleted.
+that another process holds makes the overwrite refuse before anything is deleted. What
+survives inside an output folder or a sub-workdir (which would otherwise have gone) is named
+in a warning, so that the user knows the old run's folders are not empty.
 
 With several processes (``jax.distributed``, :mod:`jacosr.distributed`) only process 0 opens
 the workdir as above (marker, lock, ``config.json``, deletions) and writes its outputs; the
@@ -32,9 +37,11 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import shutil
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -44,8 +51,26 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 MARKER = ".jacosr-workdir"
-"""The file that marks a folder jacosr made; JSON ``{"written_by": "jacosr", "outputs": [...]}``."""
+"""The file that marks a folder jacosr made; JSON ``{"written_by": "jacosr", "outputs": [...],
+"folders": {output folder: the regular expression of its entries' names}}``."""
 CONFIG = "config.json"
+KEPT_SHOWN = 10
+"""How many of the entries an overwrite kept the warning names (then how many more)."""
+
+
+@dataclass(frozen=True)
+class OutputFolder:
+    """An output that is a folder where jacosr writes entries of known names only, and where
+    the user may put files too (``checkpoints``: a folder per step).
+
+    Attributes:
+      name: the folder, in the workdir.
+      entries: a regular expression that the names of jacosr's entries in it match in full;
+        ``overwrite`` deletes those and keeps anything else (naming it in a warning).
+    """
+
+    name: str
+    entries: str
 
 
 class WorkdirError(ValueError):
@@ -72,7 +97,8 @@ def config_diff(old: dict, new: dict, prefix: str = "") -> str:
 def _write_atomic(path: Path, content: str | Callable[[IO[bytes]], None]) -> None:
     """Write ``content`` (text, or a function that writes a binary file, e.g. a figure's
     ``savefig``) to ``path`` through a sibling ``.tmp`` file and a rename, so that a kill
-    leaves either the old file or the new one."""
+    leaves either the old file or the new one. A failed write's ``OSError`` names ``path``
+    (a full disk's, raised by ``write``, names no file)."""
     tmp = path.with_name(path.name + ".tmp")
     try:
         if isinstance(content, str):
@@ -81,9 +107,11 @@ def _write_atomic(path: Path, content: str | Callable[[IO[bytes]], None]) -> Non
             with open(tmp, "wb") as file:
                 content(file)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
+        if isinstance(err, OSError) and err.errno is not None and err.filename is None:
+            raise OSError(err.errno, err.strerror, str(path)) from err
         raise
 
 
@@ -105,28 +133,40 @@ def _busy(path: Path) -> WorkdirBusyError:
     )
 
 
-def _outputs(workdir: Path) -> list[str]:
-    """The outputs named in ``workdir``'s marker (which must exist)."""
+def _describe(outputs: Iterable[str | OutputFolder]) -> tuple[tuple[str, ...], dict[str, str]]:
+    """``outputs`` as the marker records them: ``(names, {output folder: its entries})``."""
+    outputs = tuple(outputs)
+    names = tuple(o.name if isinstance(o, OutputFolder) else o for o in outputs)
+    return names, {o.name: o.entries for o in outputs if isinstance(o, OutputFolder)}
+
+
+def _read_marker(workdir: Path) -> tuple[list[str], dict[str, str]]:
+    """The outputs named in ``workdir``'s marker (which must exist) and the entries of those
+    that are output folders (a marker older than output folders has none)."""
     marker = workdir / MARKER
     try:
-        outputs = json.loads(marker.read_text())["outputs"]
-    except (ValueError, KeyError, TypeError) as err:
+        content = json.loads(marker.read_text())
+        outputs, folders = content["outputs"], content.get("folders", {})
+        for entries in folders.values():
+            re.compile(entries)
+    except (ValueError, KeyError, TypeError, AttributeError, re.error) as err:
         raise WorkdirError(
             f"{marker} is damaged ({err}); jacosr cannot tell which files it wrote there. "
             "Choose another --workdir, or delete the folder yourself"
         ) from None
-    return [name for name in outputs if name and "/" not in name and name not in (".", "..")]
+    names = [name for name in outputs if name and "/" not in name and name not in (".", "..")]
+    return names, {name: folders[name] for name in names if name in folders}
 
 
-def _write_marker(workdir: Path, outputs: Iterable[str]) -> None:
-    text = json.dumps({"written_by": "jacosr", "outputs": sorted(set(outputs))}, indent=2)
-    _write_atomic(workdir / MARKER, text + "\n")
+def _write_marker(workdir: Path, outputs: Iterable[str], folders: Mapping[str, str]) -> None:
+    content = {"written_by": "jacosr", "outputs": sorted(set(outputs)), "folders": dict(folders)}
+    _write_atomic(workdir / MARKER, json.dumps(content, indent=2) + "\n")
 
 
 def _owned(workdir: Path) -> set[str]:
     """Everything jacosr may remove from the marked ``workdir`` (the marker excepted): its
     outputs, ``config.json`` and the temporary files of their atomic writes."""
-    names = {*_outputs(workdir), CONFIG}
+    names = {*_read_marker(workdir)[0], CONFIG}
     return names | {f"{name}.tmp" for name in names} | {MARKER + ".tmp"}
 
 
@@ -151,20 +191,47 @@ def _remove(path: Path) -> None:
         shutil.rmtree(path)
 
 
-def _clear(root: Path) -> None:
+def _remove_outputs(workdir: Path, folders: Mapping[str, str], kept: list[Path]) -> None:
+    """Delete what jacosr wrote in the marked ``workdir`` (:func:`_owned`; of an output folder
+    named in ``folders``, only the entries whose names match its expression, then the folder
+    if that empties it: what is left goes to ``kept``). A link is removed, not followed."""
+    for name in _owned(workdir):
+        path = workdir / name
+        if name not in folders or path.is_symlink() or not path.is_dir():
+            _remove(path)
+            continue
+        entries = re.compile(folders[name])
+        for entry in sorted(path.iterdir()):
+            if entries.fullmatch(entry.name):
+                _remove(entry)
+            else:
+                kept.append(entry)
+        with contextlib.suppress(OSError):
+            path.rmdir()
+
+
+def _clear(root: Path, folders: Mapping[str, str]) -> None:
     """Delete the outputs of the marked workdir ``root`` (keeping its marker) and of every
-    marked workdir below it, after taking all their locks (refusing if any is held)."""
+    marked workdir below it, after taking all their locks (refusing if any is held). Output
+    folders are cleared as their markers describe them, and those of ``root`` also as
+    ``folders`` (the run's own: a marker older than output folders describes none). Warns
+    naming what it kept in the output folders and sub-workdirs."""
+    folders = {**_read_marker(root)[1], **folders}
     below = _marked_below(root)
-    held = []
+    held, kept = [], []
     try:
         for sub in below:
             fd = _lock(sub)
             if fd is None:
                 raise WorkdirBusyError(f"cannot overwrite {root}: {_busy(sub)}")
             held.append(fd)
-        for sub in below:
-            for name in (*_owned(sub), MARKER):
-                _remove(sub / name)
+        for sub in below:  # deepest first: a sub-workdir kept below is named already
+            _remove_outputs(sub, _read_marker(sub)[1], kept)
+            _remove(sub / MARKER)
+            known = [*below, *kept]  # what is there already, or a folder on the way to it
+            kept += sorted(
+                p for p in sub.iterdir() if not any(p == q or p in q.parents for q in known)
+            )
             # Remove the folders this left empty, up to (not including) root: the sub-workdir
             # and the folders jacosr made on the way to it (runs/, runs/<row>/).
             for folder in (sub, *sub.parents):
@@ -172,11 +239,19 @@ def _clear(root: Path) -> None:
                     break
                 with contextlib.suppress(OSError):
                     folder.rmdir()
-        for name in _owned(root):
-            _remove(root / name)
+        _remove_outputs(root, folders, kept)
     finally:
         for fd in held:
             os.close(fd)
+    if kept:
+        names = [str(p.relative_to(root)) for p in kept]
+        more = len(names) - KEPT_SHOWN
+        shown = ", ".join(names[:KEPT_SHOWN]) + (f" and {more} more" if more > 0 else "")
+        warnings.warn(
+            f"deleted the old run in {root} but kept what jacosr did not write there: "
+            f"{shown}; move or delete it yourself if it belonged to the old run",
+            stacklevel=2,
+        )
 
 
 @dataclass(frozen=True)
@@ -190,6 +265,7 @@ class Workdir:
       wrote_config: whether this opening wrote ``config.json`` (it was missing).
       writer: whether this process writes here (process 0; see the module docstring): the
         others' :meth:`clear`, :meth:`write` and :meth:`discard_config` do nothing.
+      folders: the outputs that are :class:`OutputFolder`, with their entries' expression.
     """
 
     path: Path
@@ -197,14 +273,15 @@ class Workdir:
     outputs: tuple[str, ...]
     wrote_config: bool
     writer: bool = True
+    folders: Mapping[str, str] = field(default_factory=dict)
 
     def clear(self) -> None:
         """Delete what jacosr wrote here and in marked sub-workdirs (see the module docstring)
         and write ``config.json`` afresh: the run starts over."""
         if not self.writer:
             return
-        _clear(self.path)
-        _write_marker(self.path, self.outputs)
+        _clear(self.path, self.folders)
+        _write_marker(self.path, self.outputs, self.folders)
         _write_atomic(self.path / CONFIG, json.dumps(self.config, indent=2) + "\n")
 
     def write(self, name: str, content: str | Callable[[IO[bytes]], None]) -> None:
@@ -234,13 +311,18 @@ class Workdir:
 
 @contextlib.contextmanager
 def open_workdir(
-    path: Path, config: dict, *, outputs: Iterable[str], overwrite: bool = False
+    path: Path,
+    config: dict,
+    *,
+    outputs: Iterable[str | OutputFolder],
+    overwrite: bool = False,
 ) -> Iterator[Workdir]:
     """Open (creating it if needed) the workdir ``path`` for the run ``config``; hold its lock.
 
     ``outputs``: the files and folders the run writes in ``path`` besides ``config.json``
-    (recorded in the marker: what ``overwrite`` may delete later). ``config.json`` is written
-    only when missing, so a read-only workdir of a finished run opens for re-evaluation.
+    (recorded in the marker: what ``overwrite`` may delete later; of an :class:`OutputFolder`,
+    only its entries). ``config.json`` is written only when missing, so a read-only workdir of
+    a finished run opens for re-evaluation.
 
     Raises :class:`WorkdirError` when ``path`` is a non-empty folder jacosr did not make (even
     with ``overwrite``) or holds a different config (unless ``overwrite``: then the old run's
@@ -252,28 +334,32 @@ def open_workdir(
     """
     path = Path(path)
     config = json.loads(json.dumps(config))  # as config.json holds it: tuples are lists
-    outputs = tuple(outputs)
+    outputs, folders = _describe(outputs)
     if not is_writer():
         if not agree(False):
             raise WorkdirError(
                 f"process 0 could not open {path} (its error says why); this process stops too"
             )
-        yield Workdir(path, config, outputs, wrote_config=False, writer=False)
+        yield Workdir(path, config, outputs, wrote_config=False, writer=False, folders=folders)
         return
     try:
-        fd, wrote_config = _open_locked(path, config, outputs, overwrite)
+        fd, wrote_config = _open_locked(path, config, outputs, folders, overwrite)
     except BaseException:
         agree(False)
         raise
     agree(True)
     try:
-        yield Workdir(path, config, outputs, wrote_config)
+        yield Workdir(path, config, outputs, wrote_config, folders=folders)
     finally:
         os.close(fd)  # releases the lock
 
 
 def _open_locked(
-    path: Path, config: dict, outputs: tuple[str, ...], overwrite: bool
+    path: Path,
+    config: dict,
+    outputs: tuple[str, ...],
+    folders: dict[str, str],
+    overwrite: bool,
 ) -> tuple[int, bool]:
     """:func:`open_workdir`'s checks and writes in this process: ``(the fd holding the
     workdir's lock, whether config.json was written)``; on an error the lock is released."""
@@ -292,7 +378,7 @@ def _open_locked(
                     "with --overwrite; choose another --workdir (a new or empty folder; a "
                     "workdir of a jacosr older than the marker must be re-run into a new one)"
                 )
-            _write_marker(path, outputs)
+            _write_marker(path, outputs, folders)
         config_path = path / CONFIG
         wrote_config = not config_path.exists()
         if not wrote_config:
@@ -310,14 +396,14 @@ def _open_locked(
                         f"{path} holds a run with a different config ({differs}); choose "
                         "another --workdir, or pass --overwrite to delete the old run"
                     )
-                _clear(path)
-                _write_marker(path, outputs)
+                _clear(path, folders)
+                _write_marker(path, outputs, folders)
                 wrote_config = True
         if wrote_config:
             _write_atomic(config_path, json.dumps(config, indent=2) + "\n")
-        known = _outputs(path)
-        if not set(outputs) <= set(known):
-            _write_marker(path, [*known, *outputs])
+        known, described = _read_marker(path)
+        if not set(outputs) <= set(known) or folders.items() - described.items():
+            _write_marker(path, [*known, *outputs], {**described, **folders})
     except BaseException:
         os.close(fd)
         raise

@@ -6,6 +6,7 @@ kills and resumption: test_train.)"""
 
 import hashlib
 import json
+import re
 import shutil
 import warnings
 from pathlib import Path
@@ -18,7 +19,9 @@ import orbax.checkpoint as ocp
 import pytest
 
 from jacosr.checkpoint import (
+    CHECKPOINTS,
     FAULT_ENV,
+    TMP_SUFFIX,
     CheckpointError,
     CheckpointStore,
     DamagedCheckpointError,
@@ -72,6 +75,11 @@ def _equal(a: dict, b: dict) -> bool:
 
 
 def test_round_trip_is_bit_exact_and_keeps_the_last_k(saved):
+    # Every entry the store wrote is one that --overwrite may delete (CHECKPOINTS), and only
+    # those: a user's file there is never taken for a checkpoint's.
+    assert sorted(p.name for p in (saved / "checkpoints").iterdir()) == ["1", "2", "3"]
+    assert all(re.fullmatch(CHECKPOINTS.entries, name) for name in ["1", f"4{TMP_SUFFIX}"])
+    assert not any(re.fullmatch(CHECKPOINTS.entries, n) for n in ["MY_NOTES.txt", "4_best"])
     with CheckpointStore(saved, read_only=True) as store:
         assert store.steps() == [1, 2, 3]
         with warnings.catch_warnings():
@@ -179,12 +187,15 @@ def test_stray_temporary_folders_go_when_a_writable_store_opens(copy):
     ]
     for stray in strays:
         (stray / "state").mkdir(parents=True)
+    mine = copy / "checkpoints" / f"notes{TMP_SUFFIX}"  # the user's, whatever its name says
+    mine.mkdir()
     with CheckpointStore(copy, read_only=True) as store:
         assert store.steps() == [1, 2, 3]
     assert all(s.exists() for s in strays)  # a read-only store changes nothing
     with CheckpointStore(copy) as store:
         assert store.steps() == [1, 2, 3]
     assert not any(s.exists() for s in strays)
+    assert mine.exists()
 
 
 def test_a_read_only_store_creates_nothing_and_refuses_to_save(tmp_path):
@@ -237,12 +248,16 @@ def test_a_checkpoint_is_chosen_by_step_and_never_replaced(copy):
         assert damaged == [] and _equal(state, _state(1))
         with pytest.raises(
             DamagedCheckpointError,
-            match=r"checkpoint 2 in .* is damaged \(state/\S+ is changed\); choose another of "
-            r"its steps \[1, 2, 3\]",
+            match=r"checkpoint 2 in .* is damaged \(state/\S+ is changed\); its intact "
+            r"checkpoints are at steps \[1, 3\]$",
         ):
             store.restore(_state(0), IDENTITY, step=2)
         with pytest.raises(FileNotFoundError, match=r"no checkpoint 7 in .*at steps \[1, 2, 3\]"):
             store.restore(_state(0), IDENTITY, step=7)
+        with pytest.raises(
+            TypeError, match=r"step must be an int, one of the steps .* \(\[1, 2, 3\]\); got '2'"
+        ):
+            store.restore(_state(0), IDENTITY, step="2")
         with pytest.raises(WorkdirError, match=r"another config \(lr: 0.1 -> 0.2\)"):
             store.restore(_state(0), {**IDENTITY, "lr": 0.2}, step=1)
 
@@ -261,10 +276,17 @@ def test_the_model_item_is_stored_verified_and_optional(copy):
     (folder / "model" / "metadata").write_text(json.dumps({**MODEL, "num_known": 7}))
     with CheckpointStore(copy, read_only=True) as store:
         with pytest.raises(
-            DamagedCheckpointError, match=r"checkpoint 4: model/metadata is changed"
+            DamagedCheckpointError,
+            match=r"checkpoint 4 in .* is damaged \(model/metadata is changed\); its intact "
+            r"checkpoints are at steps \[2, 3\]$",  # 1 went when 4 was saved (keep=3)
         ):
             store.model(4)
         assert store.model() is None  # checkpoint 3's (4 is damaged)
+    for step in (2, 3):
+        corrupt(copy / "checkpoints" / str(step))
+    with CheckpointStore(copy, read_only=True) as store:
+        with pytest.raises(DamagedCheckpointError, match=r"is changed\); none is intact$"):
+            store.model(4)
 
 
 def _plain(tree, prefix=()) -> dict[tuple, np.ndarray]:

@@ -41,9 +41,17 @@ COMMANDS = {
         "--reject-rate",
         "--workdir",
         "--overwrite",
+        "--coordinator-address",
+        "--distributed-timeout",
     ),
     "jacosr.experiments.interp": ("--num-paths", "--estimator", "--num-probes", "--steps"),
-    "jacosr.experiments.losses_table": ("--losses", "--seeds", "--steps", "--workdir"),
+    "jacosr.experiments.losses_table": (
+        "--losses",
+        "--seeds",
+        "--steps",
+        "--workdir",
+        "--distributed-timeout",
+    ),
     "jacosr.experiments.ablation": ("--rows", "--seeds", "--steps", "--workdir"),
     "jacosr.experiments.protocol_a": ("--benchmarks", "--splits", "--scores", "--backbone"),
     "jacosr.experiments.protocol_b": ("--ood", "--seeds", "--scores", "--reject-rate"),
@@ -161,6 +169,17 @@ def test_debug_flag_keeps_the_traceback(tmp_path, monkeypatch):
         (train_main, ["--width", "0"], "--width must be >= 1; got 0"),
         (train_main, ["--reject-rate", "1"], "--reject-rate must be a fraction in [0, 1)"),
         (losses_table.main, ["--val-fraction", "1"], "--val-fraction must be a fraction in [0, 1)"),
+        (
+            train_main,
+            ["--distributed", "on", "--coordinator-address", "nohostport"],
+            "--coordinator-address must be host:port, process 0's machine and a port in 1 .. "
+            "65535 (e.g. localhost:12345 or 10.0.0.1:12345); got 'nohostport'",
+        ),
+        (
+            losses_table.main,
+            ["--distributed", "on", "--distributed-timeout", "0"],
+            "--distributed-timeout must be >= 1; got 0",
+        ),
     ],
 )
 def test_a_refused_value_stops_the_command_before_any_workdir(

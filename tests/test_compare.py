@@ -8,11 +8,14 @@ import json
 
 import pytest
 
-from jacosr.config import to_dict
+from jacosr.config import DEBUG_ENV, run_command, to_dict
 from jacosr.experiments import compare
 from jacosr.losses import LossConfig
 from jacosr.train import TrainConfig, resolve
 from jacosr.workdir import WorkdirError
+
+SPLIT = {"source": "digits", "benchmark": None, "known_classes": [0, 1, 2, 3, 4, 5]}
+"""What results.json says of the data a run was evaluated on (the fields its readers use)."""
 
 
 def _run(folder, *, loss="movr", seed=0, accuracy=0.5, scores=None):
@@ -21,7 +24,7 @@ def _run(folder, *, loss="movr", seed=0, accuracy=0.5, scores=None):
     (folder / "checkpoints").mkdir(parents=True)
     (folder / "config.json").write_text(json.dumps(config))
     if scores is not None:
-        results = {"config": config, "accuracy": accuracy, "scores": scores}
+        results = {"config": config, "accuracy": accuracy, "split": SPLIT, "scores": scores}
         (folder / "results.json").write_text(json.dumps(results))
     return folder
 
@@ -101,7 +104,14 @@ def test_paths_without_finished_runs_are_errors(runs, tmp_path):
         compare.main([str(tmp_path / "nowhere"), "--workdir", out])
     with pytest.raises(FileNotFoundError, match=r"checkpoints holds no training run"):
         compare.main([str(exp / "runs" / "sce" / "seed1" / "checkpoints"), "--workdir", out])
-    with pytest.warns(UserWarning), pytest.raises(ValueError, match=r"none of the runs in"):
+    with (
+        pytest.warns(UserWarning),
+        pytest.raises(
+            ValueError,
+            match=r"none of the runs in .*train has a readable results.json \(1 without one, 0 "
+            r"damaged; see the warnings above\)$",
+        ),
+    ):
         compare.main([str(exp / "train"), "--workdir", out])
     with pytest.raises(SystemExit):
         compare.main(["--metrics", "f1", "--workdir", out])
@@ -118,3 +128,88 @@ def test_a_real_run_compares_with_every_score_it_has(digits_run, tmp_path):
     ]
     assert all(row[f"{s} auroc"] == v["auroc"] for s, v in results["scores"].items())
     assert out["differs"] == []
+
+
+GOOD = {"config": {"seed": 0}, "accuracy": 0.5, "split": SPLIT, "scores": {"msp": {"auroc": 0.5}}}
+
+
+@pytest.mark.parametrize(
+    ("content", "wrong"),
+    [
+        (b"", " is empty"),
+        (b" \n", " is empty"),
+        (b"\x80\x93\xff{", " is not UTF-8 text (invalid start byte at byte 0)"),
+        (b'{"config": ', " is not JSON (Expecting value: line 1 column 12 (char 11))"),
+        (b"[" * 100_000 + b"]" * 100_000, " is JSON nested too deeply to read"),
+        (b"[1, 2]", " holds an array, not an object"),
+        (b"7", " holds a number, not an object"),
+        (
+            b"{}",
+            " lacks 'config', 'accuracy', 'split', 'scores' (a training run's results.json "
+            "holds config, accuracy, split, scores)",
+        ),
+        (json.dumps({**GOOD, "scores": [1]}).encode(), ": 'scores' is an array, not an object"),
+        (json.dumps({**GOOD, "config": None}).encode(), ": 'config' is null, not an object"),
+        (
+            json.dumps({**GOOD, "accuracy": "0.5"}).encode(),
+            ": 'accuracy' is a string, not a number",
+        ),
+        (
+            json.dumps({**GOOD, "accuracy": True}).encode(),
+            ": 'accuracy' is a boolean, not a number",
+        ),
+        (json.dumps({**GOOD, "split": []}).encode(), ": 'split' is an array, not an object"),
+        (
+            json.dumps({**GOOD, "scores": {"msp": [0.5]}}).encode(),
+            ": scores['msp'] is an array, not an object of metric -> value",
+        ),
+        (
+            json.dumps({**GOOD, "scores": {"msp": {"auroc": "high"}}}).encode(),
+            ": scores['msp']['auroc'] is a string, not a number or null",
+        ),
+    ],
+)
+def test_a_damaged_results_json_is_named_and_left_out(runs, tmp_path, content, wrong):
+    """Each was a KeyError, TypeError or AttributeError (or a one-line error naming no file):
+    the run is left out with a warning naming it, its file and what is wrong; the others are
+    compared."""
+    a, _, _ = runs
+    bad = _run(tmp_path / "bad")
+    (bad / "results.json").write_bytes(content)
+    with pytest.raises(ValueError) as raised:
+        compare.read_results(bad / "results.json")
+    assert str(raised.value) == f"{bad / 'results.json'}{wrong}"
+    with pytest.warns(UserWarning) as warned:
+        results = compare.collect((bad, a))
+    assert list(results) == [str(a)]
+    assert [str(w.message) for w in warned] == [
+        f"left out run {bad}: {raised.value}; re-running its `python -m jacosr.train` command "
+        "evaluates it again and rewrites the file"
+    ]
+
+
+def test_damaged_runs_are_left_out_on_the_command_line(runs, tmp_path, capsys, monkeypatch):
+    """One warning line per damaged run, the table of the others; with none left, one error
+    line (status 2) and nothing written."""
+    monkeypatch.delenv(DEBUG_ENV, raising=False)
+    a, _, _ = runs
+    bad = _run(tmp_path / "bad")
+    (bad / "results.json").write_text("{}")
+    out = tmp_path / "out"
+    run_command(compare.main, [str(bad), str(a), "--workdir", str(out)])
+    err = capsys.readouterr().err.splitlines()
+    assert err == [
+        f"warning: left out run {bad}: {bad / 'results.json'} lacks 'config', "
+        "'accuracy', 'split', 'scores' (a training run's results.json holds config, "
+        "accuracy, split, scores); re-running its `python -m jacosr.train` command "
+        "evaluates it again and rewrites the file"
+    ]
+    assert list(json.loads((out / "results.json").read_text())["rows"]) == [str(a)]
+    with pytest.raises(SystemExit) as exit_:
+        run_command(compare.main, [str(bad), "--workdir", str(tmp_path / "none")])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.splitlines()[1:] == [
+        f"error: none of the runs in {bad} has a readable results.json (0 without one, 1 "
+        "damaged; see the warnings above)"
+    ]
+    assert not (tmp_path / "none").exists()

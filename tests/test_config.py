@@ -2,8 +2,11 @@
 config value and its message, the JSON round trip, and ``run_command``'s one-line errors."""
 
 import errno
+import logging
 import math
 import os
+import sys
+import threading
 import warnings
 
 import pytest
@@ -13,6 +16,7 @@ from jacosr.config import (
     DEBUG_NOTE,
     EXIT_ERROR,
     EXIT_INTERRUPTED,
+    MAKE_ROOM,
     XLA_CPU_FLAGS,
     cli,
     configure_xla,
@@ -200,7 +204,6 @@ USER_ERRORS = [
     ValueError("--lr must be > 0; got -1"),
     FileNotFoundError(errno.ENOENT, "No such file or directory", "runs/x/config.json"),
     PermissionError(errno.EACCES, "Permission denied", "/data"),
-    OSError(errno.ENOSPC, "No space left on device"),
     DataNotPreparedError("cifar10 is not prepared; run `python -m jacosr.data.prepare cifar10`"),
     NonFinite("training diverged at step 7"),
     ModuleNotFoundError("building 'cifar10' needs TensorFlow; pip install 'jacosr[data]'"),
@@ -225,6 +228,83 @@ def test_user_errors_are_one_line_and_status_2(error, capsys, monkeypatch):
     captured = capsys.readouterr()
     assert captured.err == f"error: {error}\n"
     assert captured.out == ""
+
+
+@pytest.mark.parametrize(
+    "error, line",
+    [
+        (
+            OSError(errno.ENOSPC, "No space left on device", "runs/x/metrics.jsonl"),
+            "could not write runs/x/metrics.jsonl: No space left on device",
+        ),
+        (OSError(errno.EFBIG, "File too large"), "File too large"),
+        (OSError(errno.EDQUOT, "Disk quota exceeded", "r.json"), "could not write r.json: Disk"),
+    ],
+)
+def test_no_room_names_the_file_and_says_to_make_room_and_resume(error, line, capsys, monkeypatch):
+    monkeypatch.delenv(DEBUG_ENV, raising=False)
+    with pytest.raises(SystemExit) as exit_:
+        run_command(_main_raising(error), [])
+    assert exit_.value.code == EXIT_ERROR
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {line}") and err.endswith(f"; {MAKE_ROOM}\n")
+    assert MAKE_ROOM.startswith("make room (free disk space, or raise the file-size limit)")
+
+
+class _RaisesWhenCollected:
+    def __del__(self):
+        raise RuntimeError("Event loop is closed")  # Python ignores it: sys.unraisablehook
+
+
+class _OrbaxThread(threading.Thread):
+    """Stands in for Orbax's save threads (orbax.checkpoint's _SignalingThread)."""
+
+
+_OrbaxThread.__module__ = "orbax.checkpoint.stand_in"
+
+
+def _orbax_thread_reporting(threads: list) -> object:
+    """A command's ``main`` that starts a thread which, once the command has failed, reports
+    as Orbax's save threads do (an absl log record from Orbax's code, asyncio's error log, an
+    exception Python ignores), then fails on a full disk."""
+
+    def report(failed: threading.Event) -> None:
+        failed.wait()
+        orbax = os.path.join(os.sep, "site-packages", "orbax", "checkpoint", "future.py")
+        record = dict(name="absl", levelno=logging.ERROR, levelname="ERROR", pathname=orbax)
+        logging.getLogger("absl").handle(logging.makeLogRecord({**record, "msg": "thread died"}))
+        logging.getLogger("asyncio").error("Task exception was never retrieved")
+        _RaisesWhenCollected()
+
+    def main(argv):
+        failed = threading.Event()
+        threads.append(_OrbaxThread(target=report, args=(failed,)))
+        threads[-1].start()
+        failed.set()  # the thread reports while the error goes up, or after it
+        raise OSError(errno.ENOSPC, "No space left on device", "runs/x/metrics.jsonl")
+
+    return main
+
+
+@pytest.mark.parametrize("debug", [False, True])
+def test_what_orbax_threads_report_is_dropped_unless_debug(debug, caplog, monkeypatch):
+    monkeypatch.delenv(DEBUG_ENV, raising=False)
+    ignored, threads = [], []
+    monkeypatch.setattr(sys, "unraisablehook", ignored.append)
+    with pytest.raises(SystemExit if not debug else OSError):
+        run_command(_orbax_thread_reporting(threads), ["--debug"] if debug else [])
+    threads[0].join()  # run_command waits for it unless --debug
+    reported = [(r.name, r.getMessage()) for r in caplog.records]
+    if debug:
+        assert reported == [
+            ("absl", "thread died"),
+            ("asyncio", "Task exception was never retrieved"),
+        ]
+        assert len(ignored) == 1
+    else:
+        assert reported == [] and ignored == []
+    assert logging.getLogger("absl").filters == logging.getLogger("asyncio").filters == []
+    assert sys.unraisablehook == ignored.append
 
 
 def test_interrupt_says_how_to_resume_with_status_130(capsys, monkeypatch):

@@ -11,6 +11,8 @@ import pickle
 import re
 import shutil
 import struct
+import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -18,12 +20,13 @@ import pytest
 import scipy.io
 from PIL import Image
 
-from jacosr.config import run_command
+from jacosr.config import USER_ERRORS, run_command
 from jacosr.data import (
     DataConfig,
     DataNotPreparedError,
     load_open_set,
     load_source,
+    open_set_split,
     read_files,
     source_from_arrays,
 )
@@ -471,3 +474,290 @@ def test_a_damaged_cache_of_your_own_data_set_says_to_prepare_it_again(tmp_path,
         f"prepare it again from your files: `python -m jacosr.data.prepare mine --from PATH "
         f"--data-dir {tmp_path} --force`"
     )
+
+
+# --- bad labels and damaged files: one line naming the file, nothing written ----------------
+
+
+def command_error(argv: list[str], capsys, command=main) -> str:
+    """Run ``command`` as ``python -m`` does; check that it stops with exit status 2 and one
+    line ``error: <message>``, and return the message."""
+    with pytest.raises(SystemExit) as exit_:
+        run_command(command, argv)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.endswith("\n") and err.count("\n") == 1, err
+    return err[len("error: ") : -1]
+
+
+def labelled_npz(path: Path, train_y, test_y, **extra) -> Path:
+    """A .npz of 4x4 grey images with these labels (and the ``extra`` arrays)."""
+    rng = np.random.default_rng(12)
+    train_x, test_x = images(rng, len(train_y), (4, 4)), images(rng, len(test_y), (4, 4))
+    np.savez(path, train_x=train_x, train_y=train_y, test_x=test_x, test_y=test_y, **extra)
+    return path
+
+
+def big_npz(folder: Path, save=np.savez) -> Path:
+    """``folder/mine.npz`` of 3 classes, whose train_x is larger than 4 KiB: its header is then
+    parsed before the zip's checksum of it is read (at the end of the array)."""
+    rng = np.random.default_rng(18)
+    folder.mkdir()
+    save(
+        folder / "mine.npz",
+        train_x=images(rng, 20, (16, 16)),
+        train_y=np.arange(20) % 3,
+        test_x=images(rng, 3, (16, 16)),
+        test_y=[0, 1, 2],
+        num_classes=3,
+        class_names=["a", "b", "c"],
+    )
+    return folder / "mine.npz"
+
+
+BEYOND = "beyond the int32 labels jacosr keeps; number the classes 0..K-1"
+RENUMBER = (
+    "number the classes 0..K-1 (np.searchsorted(classes, y) does, with classes the np.unique "
+    "of the train and test labels together), or give num_classes to keep classes without images"
+)
+
+
+@pytest.mark.parametrize(
+    "train_y, message",
+    [
+        ([0, 1, 2**32 + 1, 2], f"train_y holds the class index 4294967297, {BEYOND}"),
+        ([0, 1, 2**31, 2], f"train_y holds the class index 2147483648, {BEYOND}"),
+        (
+            [1, 2, 3, 1],
+            "the labels are 3 distinct values from 1 to 3, which leaves 1 of the classes 0..3 "
+            f"without images (class 0 first); {RENUMBER}",
+        ),
+        (
+            [0, 1, 10**9, 1],
+            "the labels are 3 distinct values from 0 to 1000000000, which leaves 999999998 of "
+            f"the classes 0..1000000000 without images (class 2 first); {RENUMBER}",
+        ),
+    ],
+    ids=["wraps-to-1", "wraps-negative", "one-based", "sparse"],
+)
+def test_labels_that_would_wrap_or_leave_classes_empty_are_refused_before_writing(
+    tmp_path, capsys, train_y, message
+):
+    # Cast to int32, 2**32 + 1 became 1 (two classes merged in silence) and 2**31 a negative
+    # label that the cache, once written, refused.
+    test_y = [1, 2] if train_y[0] == 1 else [0, 1]
+    path = labelled_npz(tmp_path / "mine.npz", np.array(train_y, np.int64), test_y)
+    err = command_error(["mine", "--from", str(path), "--data-dir", str(tmp_path / "d")], capsys)
+    assert err == f"{path}: {message}"
+    assert not (tmp_path / "d").exists()
+
+
+def test_a_known_class_without_training_images_is_refused_before_training(tmp_path, capsys):
+    from jacosr.train import main as train_main
+
+    # num_classes keeps classes without images (as an image folder's empty class folder does).
+    path = labelled_npz(tmp_path / "mine.npz", np.arange(40) % 4, np.arange(8) % 4, num_classes=300)
+    prepare("mine", tmp_path, source=path)
+    assert load_source("mine", tmp_path).num_classes == 300
+    workdir = tmp_path / "run"
+    argv = ["--dataset", "mine", "--known", "0", "299", "--data-dir", str(tmp_path)]
+    err = command_error([*argv, "--workdir", str(workdir)], capsys, train_main)
+    # The class's own index, not 1, the label it would have had among the known classes.
+    assert err == (
+        "the known classes [299] of 'mine' have no training images; of its classes 0..299, "
+        "these have training images: 0..3"
+    )
+    assert not workdir.exists()
+    grey = np.zeros((5, 2, 2), np.uint8)
+    source = source_from_arrays("few", grey, [0, 0, 0, 0, 1], grey[:1], [0])
+    with pytest.raises(
+        ValueError,
+        match=re.escape(
+            "the known classes [1] of 'few' have no training images (they are all held out as "
+            "known-val: lower val_fraction); of its classes 0..1, these have training images: 0..1"
+        ),
+    ):
+        open_set_split(source, (0, 1), val_fraction=0.6)
+
+
+def cifar_folder(folder: Path) -> Path:
+    """CIFAR-10's files holding one training batch of two images and two test images."""
+    rng = np.random.default_rng(13)
+    batch = (images(rng, 2, (32, 32, 3)), np.array([0, 1]))
+    test = (images(rng, 2, (32, 32, 3)), np.array([1, 0]))
+    write_cifar10(folder, [batch], test, [f"c{i}" for i in range(10)])
+    return folder
+
+
+def truncated_npz(folder: Path) -> tuple[Path, Path, str]:
+    folder.mkdir()
+    path = labelled_npz(folder / "mine.npz", [0, 1], [0, 1])
+    path.write_bytes(path.read_bytes()[:300])
+    return path, path, r"a \.npz of arrays: File is not a zip file; write it again \(np\.savez, .*"
+
+
+def garbled_npz_header(folder: Path) -> tuple[Path, Path, str]:
+    path = big_npz(folder)
+    raw = path.read_bytes()
+    path.write_bytes(raw.replace(b"'shape': (20, 16, 16), }", b"'shape': (20, 16, 16(, }"))
+    assert path.read_bytes() != raw
+    return path, path, r"a \.npz of arrays: .*EOF in multi-line statement.*; write it again .*"
+
+
+def damaged_deflate_stream(folder: Path) -> tuple[Path, Path, str]:
+    path = big_npz(folder, np.savez_compressed)
+    raw = bytearray(path.read_bytes())
+    with zipfile.ZipFile(path) as z:
+        start = z.getinfo("train_x.npy").header_offset
+    name, extra = struct.unpack("<HH", raw[start + 26 : start + 30])
+    raw[start + 30 + name + extra] = 0b111  # the final deflate block, of the reserved type 3
+    path.write_bytes(raw)
+    return (
+        path,
+        path,
+        r"a \.npz of arrays: Error -3 while decompressing data: invalid block type; .*",
+    )
+
+
+def pickle_of_2_to_the_62_bytes(folder: Path) -> tuple[Path, Path, str]:
+    # A damaged size field of a pickle asks for more memory than there is: MemoryError.
+    cifar_folder(folder)
+    path = folder / "data_batch_1"
+    path.write_bytes(b"\x80\x04" + pickle.BINBYTES8 + struct.pack("<Q", 2**62) + b"ab")
+    return folder, path, r"a CIFAR python pickle: MemoryError; replace it by an intact copy .*"
+
+
+def pickle_frame_beyond_any_size(folder: Path) -> tuple[Path, Path, str]:
+    # ... or more than an index can hold: OverflowError.
+    cifar_folder(folder)
+    path = folder / "test_batch"
+    path.write_bytes(b"\x80\x04" + pickle.FRAME + struct.pack("<Q", 2**63) + b"ab")
+    return folder, path, r"a CIFAR python pickle: FRAME length exceeds .*; replace it .*"
+
+
+def png_of_60000_by_60000(folder: Path) -> tuple[Path, Path, str]:
+    path = folder / "test" / "cat" / "big.png"
+    write_png(path, np.zeros((2, 2, 1), np.uint8))
+    raw = bytearray(path.read_bytes())
+    raw[16:24] = struct.pack(">II", 60000, 60000)  # IHDR's width and height, then its CRC
+    raw[29:33] = struct.pack(">I", zlib.crc32(raw[12:29]))
+    path.write_bytes(raw)
+    return (
+        folder,
+        path,
+        r"an image: Image size \(3600000000 pixels\) exceeds limit .*; remove it .*",
+    )
+
+
+def truncated_png(folder: Path) -> tuple[Path, Path, str]:
+    path = folder / "test" / "cat" / "cut.png"
+    write_png(path, images(np.random.default_rng(16), 1, (16, 16, 3))[0])
+    path.write_bytes(path.read_bytes()[:400])
+    return folder, path, r"an image: image file is truncated.*; remove it or replace it .*"
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        truncated_npz,
+        garbled_npz_header,
+        damaged_deflate_stream,
+        pickle_of_2_to_the_62_bytes,
+        pickle_frame_beyond_any_size,
+        png_of_60000_by_60000,
+        truncated_png,
+    ],
+    ids=lambda damage: damage.__name__,
+)
+def test_damaged_files_are_one_line_naming_the_file(tmp_path, capsys, damage):
+    source, damaged, message = damage(tmp_path / "files")
+    err = command_error(["mine", "--from", str(source), "--data-dir", str(tmp_path / "d")], capsys)
+    assert re.fullmatch(re.escape(f"{damaged} cannot be read as ") + message, err), err
+    assert not (tmp_path / "d").exists()
+
+
+def test_a_stray_file_among_the_cifar_batches_is_ignored_with_a_warning(tmp_path):
+    folder = cifar_folder(tmp_path / "cifar-10-batches-py")
+    expected = read_files(folder)
+    (folder / "data_batch_1.bak").write_bytes(b"an old copy")
+    message = f"ignored data_batch_1.bak in {folder}: CIFAR-10's training batches are data_batch_1"
+    with pytest.warns(UserWarning, match=re.escape(message)):
+        source = read_files(folder)
+    np.testing.assert_array_equal(source.train_x, expected.train_x)
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [(b"(20, 16, 16, 1), }", b"(20, 16, 16, 1(, }"), (b"(20, 16, 16, 1)", b"(20, 12, 16, 1)")],
+    ids=["unbalanced", "shorter"],  # a shorter array leaves its checksum unread
+)
+def test_a_garbled_cache_header_says_to_prepare_it_again(tmp_path, damage):
+    rng = np.random.default_rng(17)
+    train_x, test_x = images(rng, 20, (16, 16)), images(rng, 2, (16, 16))  # train_x > 4 KiB
+    path = prepare(
+        "mine", tmp_path, source=source_from_arrays("m", train_x, np.arange(20) % 2, test_x, [0, 1])
+    )
+    raw = path.read_bytes()
+    path.write_bytes(raw.replace(b"'shape': " + damage[0], b"'shape': " + damage[1], 1))
+    assert path.read_bytes() != raw
+    with pytest.raises(DataNotPreparedError, match=re.escape(f"the cache {path} of your data")):
+        load_open_set(DataConfig(dataset="mine", known=(0, 1), data_dir=tmp_path))
+
+
+# --- fuzzed files -----------------------------------------------------------------------------
+
+
+def mutate(raw: bytes, rng: np.random.Generator) -> bytes:
+    """One seeded damage: one to three flipped bits, a truncation, or one to eight inserted
+    random bytes."""
+    b = bytearray(raw)
+    kind = rng.integers(3)
+    if kind == 0:
+        for at in rng.integers(len(b), size=rng.integers(1, 4)):
+            b[at] ^= 1 << int(rng.integers(8))
+    elif kind == 1:
+        del b[rng.integers(len(b)) :]
+    else:
+        at = rng.integers(len(b) + 1)
+        b[at:at] = rng.integers(0, 256, rng.integers(1, 9), dtype=np.uint8).tobytes()
+    return bytes(b)
+
+
+def fuzz_mnist(folder: Path) -> Path:
+    write_mnist(folder, mnist_parts(np.random.default_rng(19), 4, 3), gz=False)
+    return folder
+
+
+FUZZED = {
+    "npz": big_npz,
+    "npz-compressed": lambda folder: big_npz(folder, np.savez_compressed),
+    "mnist-idx": fuzz_mnist,
+    "cifar10": cifar_folder,
+}
+FUZZ_COUNT = 100
+"""Damaged files tried per format."""
+
+
+@pytest.mark.parametrize("kind", FUZZED)
+def test_fuzzed_files_are_read_or_refused_in_one_line(tmp_path, kind):
+    """Seeded damage to one file at a time: prepare either caches data that read back, or
+    raises one of USER_ERRORS naming the file (what the command prints as one line ``error:
+    ...`` with exit status 2; anything else would print a traceback), and writes nothing."""
+    rng = np.random.default_rng(list(FUZZED).index(kind))
+    source = FUZZED[kind](tmp_path / "files")
+    originals = {p: p.read_bytes() for p in sorted((tmp_path / "files").iterdir())}
+    files, refused = list(originals), 0
+    for i in range(FUZZ_COUNT):
+        damaged = files[rng.integers(len(files))]
+        damaged.write_bytes(mutate(originals[damaged], rng))
+        data_dir = tmp_path / f"d{i}"
+        try:
+            path = prepare("mine", data_dir, source=source)
+        except USER_ERRORS as err:
+            assert str(damaged) in str(err) or str(source) in str(err), err
+            assert not data_dir.exists()
+            refused += 1
+        else:
+            assert load_cache(path, "mine") is not None  # what the command describes
+        damaged.write_bytes(originals[damaged])
+    assert refused > FUZZ_COUNT // 2  # the damage reaches the readers

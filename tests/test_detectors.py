@@ -1,6 +1,7 @@
 """Detectors on the three kinds of model (a jacosr run, a plain JAX function, precomputed
 arrays) against NumPy references and the evaluation table; their refusals; the flat API."""
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -220,6 +221,223 @@ def test_missing_inputs_are_clear_errors(plain, run):
     _, _, graphdef, state = run
     with pytest.raises(ValueError, match=r"MaxSoftmax reads logits, .* pass loss="):
         MaxSoftmax((graphdef, state))
+
+
+LOGIT_DETECTORS = [MaxSoftmax, MaxLogit, Energy, LossScore]
+"""The detectors that read logits and fit nothing; MaxSoftmax and LossScore need K >= 2."""
+
+
+@pytest.mark.parametrize("detector", LOGIT_DETECTORS)
+@pytest.mark.parametrize("shape", [(300,), (3, 4, 2), (0, 3), (3, 1)])
+def test_logits_of_the_wrong_shape_are_named(detector, shape):
+    """One number for 300 samples, or a matrix, was returned silently: [N, K] is required,
+    N >= 1, and K >= 2 where one class would score every sample alike."""
+    det, name = detector(), detector.__name__
+    if shape == (3, 1) and det.min_width == 1:  # one logit: max-logit and energy are -z
+        np.testing.assert_allclose(det.score_features(logits=np.ones(shape)), -np.ones(3))
+        return
+    need = (
+        r"K >= 2 classes: with one, every sample scores alike" if det.min_width == 2 else "K >= 1"
+    )
+    message = rf"^{name}\.score_features: logits must be \[N, K\] \(N >= 1 samples, {need}.*\); "
+    with pytest.raises(ValueError, match=message + re.escape(f"got shape {shape}")):
+        det.score_features(logits=np.zeros(shape))
+
+
+@pytest.mark.parametrize("detector", [*LOGIT_DETECTORS, OpenMax])
+@pytest.mark.parametrize(
+    ("per_input", "shape"), [(lambda z: z.sum(), ()), (lambda z: z[:2, None], (2, 1))]
+)
+def test_a_model_whose_logits_are_not_a_vector_is_named(plain, detector, per_input, shape):
+    """A logits function giving a scalar or [K, 1] per input made scores of shape () or
+    [N, K] (so predict gave one bool or a matrix): refused before anything is computed."""
+    _, p, x, y = plain
+    det = detector(Network(embed, lambda q, v: per_input(logits(q, v)), params=p))
+    verb = "fit" if det.spec.fits_on_train else "score"
+    message = (
+        rf"^{detector.__name__}\.{verb}: the model's logits must be \[K\] for one input \(K >= "
+        rf".*\), so \[N, K\] for x: \[N, \.\.\.\]; it gives shape {re.escape(str(shape))} for one "
+        rf"input of shape \(6,\) \(x: \(60, 6\)\)$"
+    )
+    with pytest.raises(ValueError, match=message):
+        det.fit(x, y).predict(x, 0.0)
+
+
+@pytest.mark.parametrize("detector", [MaxCosine, JacobianNorm, StochasticJacobianNorm])
+def test_a_model_whose_embedding_is_a_scalar_is_named(plain, detector):
+    _, p, x, y = plain
+    det = detector(Network(lambda q, v: embed(q, v).sum(), params=p))
+    verb = "fit" if det.spec.fits_on_train else "score"
+    message = (
+        rf"^{detector.__name__}\.{verb}: the model's embedding must be \[D\] for one input "
+        r"\(D >= 1 dimensions\), .* it gives shape \(\) for one input of shape \(6,\)"
+    )
+    with pytest.raises(ValueError, match=message):
+        det.fit(x, y).score(x)
+
+
+@pytest.mark.parametrize("detector", [MaxSoftmax, MaxCosine, OpenMax, JacobianNorm])
+def test_inputs_of_the_wrong_shape_are_named(plain, detector):
+    """x without its batch axis, or with one too many, on both paths (score and fit)."""
+    net, _, x, y = plain
+    det, name = detector(net), detector.__name__
+    verb = "fit" if det.spec.fits_on_train else "score"
+    call = det.fit if det.spec.fits_on_train else lambda xs, _: det.score(xs)
+    with pytest.raises(
+        ValueError,
+        match=rf"^{name}\.{verb}: the model fails on one input of shape "
+        r"\(\) \(x: \(6,\) is taken as \[N, \.\.\.\], one input per row; is that how "
+        r"the model takes it\?\): ",
+    ):
+        call(x[0], y[:1])
+    # a batch axis too many: "one input" is then [60, 6], which the model cannot take
+    with pytest.raises(
+        ValueError,
+        match=rf"^{name}\.{verb}: the model fails on one input of shape \(60, 6\) "
+        r"\(x: \(1, 60, 6\)",
+    ):
+        call(x[None], y[:1])
+    with pytest.raises(
+        ValueError,
+        match=rf"^{name}\.{verb}: x must be a batch \[N, \.\.\.\] of N "
+        r">= 1 inputs, one per row; got shape \(0, 6\)$",
+    ):
+        call(x[:0], y[:0])
+    with pytest.raises(ValueError, match=rf"^{name}\.{verb}: x must be a batch .* got shape \(\)$"):
+        call(np.float32(1.0), y[:1])
+
+
+def test_labels_must_match_the_inputs(plain):
+    net, _, x, y = plain
+    for call in (MaxCosine(net).fit, lambda x, y: OpenMax().fit_features(y, logits=x[:, :3])):
+        with pytest.raises(
+            ValueError,
+            match=r"\.fit(_features)?: labels must be \[N\] ints, one "
+            r"per training sample \(N = 60\); got int64 of shape \(59,\)$",
+        ):
+            call(x, y[:-1])
+    with pytest.raises(
+        ValueError, match=r"labels must be \[N\] ints, .* got float64 of shape \(60,\)$"
+    ):
+        MaxCosine(net).fit(x, y.astype(float))
+
+
+def test_a_jacosr_model_takes_image_batches(run):
+    _, data, graphdef, state = run
+    det = MaxCosine(run)
+    with pytest.raises(
+        ValueError,
+        match=r"^MaxCosine\.fit: a jacosr model takes images x: "
+        r"\[N, H, W, C\]; got shape \(8, 8, 1\) \(one image\? x\[None\] is a "
+        r"batch of it\)$",
+    ):
+        det.fit(data.known_train.x[0], data.known_train.y[:1])
+    with pytest.raises(
+        ValueError,
+        match=r"^JacobianNorm\.score: a jacosr model takes images x: "
+        r"\[N, H, W, C\]; got shape \(5, 64\)$",
+    ):
+        JacobianNorm((graphdef, state)).score(data.known_test.x[:5].reshape(5, -1))
+
+
+def test_max_cosine_fits_on_finite_features_of_the_fitted_width():
+    """A scalar embedding was an IndexError, and one NaN row made every score NaN silently."""
+    rng = np.random.default_rng(0)
+    z, y = rng.normal(size=(12, 3)), np.arange(12) % 3
+    with pytest.raises(
+        ValueError,
+        match=r"^MaxCosine\.fit_features: embeddings must be \[N, D\] "
+        r"\(N >= 1 samples, D >= 1 dimensions\); got shape \(12,\)$",
+    ):
+        MaxCosine().fit_features(y, embeddings=z[:, 0])
+    bad = z.copy()
+    bad[[4, 9]] = [np.nan, 0.0, 0.0], [np.inf, 1.0, 1.0]
+    with pytest.raises(
+        ValueError,
+        match=r"^MaxCosine\.fit_features: the embeddings of 2 of the "
+        r"12 training samples are not finite \(NaN or inf; rows 4, 9\): fitted on, "
+        r"they would make every score NaN; drop those samples",
+    ):
+        MaxCosine().fit_features(y, embeddings=bad)
+    det = MaxCosine().fit_features(y, embeddings=z)
+    # scoring a NaN row: that row alone is NaN
+    scores = det.score_features(embeddings=bad[:6])
+    assert np.isnan(scores[4]) and np.isfinite(np.delete(scores, 4)).all()
+    with pytest.raises(
+        ValueError,
+        match=r"^MaxCosine\.score_features: embeddings must be \[N, D\] "
+        r"\(N >= 1 samples, D = 3 dimensions, as fitted\); got shape \(4, 2\)$",
+    ):
+        det.score_features(embeddings=z[:4, :2])
+    with pytest.raises(ValueError, match=r"D = 3 dimensions, as fitted\); got shape \(3,\)$"):
+        det.score_features(embeddings=z[0])
+    # a new fit, of another width, replaces the old one
+    det.fit_features(y, embeddings=z[:, :2])
+    assert det.score_features(embeddings=z[:4, :2]).shape == (4,)
+
+
+@pytest.mark.parametrize(
+    ("detector", "labels", "message"),
+    [
+        # OpenMax's K is the logits' width: labels >= K are named (not "class 0")
+        (
+            OpenMax,
+            [3, 4, 5, 3, 4, 5, 3, 4, 5],
+            r"labels must be class indices in \[0, K\) with "
+            r"K = 3 classes; got 3, 4, 5 \(9 of 9 samples\)$",
+        ),
+        (
+            OpenMax,
+            [0, 1, 2, 0, 1, 2, 0, 1, 7],
+            r"labels must be class indices in \[0, K\) with K = 3 classes; got 7 \(1 of 9 "
+            r"samples\)$",
+        ),
+        # labels that leave a class out
+        (
+            OpenMax,
+            [0, 1, 0, 1, 0, 1, 0, 1, 0],
+            r"each of the K = 3 classes needs at least 2 "
+            r"training samples \(labels 0\.\.2, every class present\); too few: class 2 \(0\)$",
+        ),
+        (
+            MaxCosine,
+            [0, 2, 4, 0, 2, 4, 0, 2, 4],
+            r"each of the K = 5 classes needs at least 1 "
+            r"training sample .* too few: class 1 \(0\), class 3 \(0\)$",
+        ),
+        (
+            MaxCosine,
+            [-1, 0, 1, 0, 1, 0, 1, 0, 1],
+            r"labels must be class indices in \[0, K\) with K = 2 classes; got -1 \(1 of 9 "
+            r"samples\)$",
+        ),
+    ],
+)
+def test_fitted_detectors_name_the_labels_they_cannot_fit(detector, labels, message):
+    arg = "logits" if detector.reads == "logits" else "embeddings"
+    features = {arg: np.random.default_rng(1).normal(size=(9, 3))}
+    with pytest.raises(ValueError, match=rf"^{detector.__name__}\.fit_features: {message}"):
+        detector().fit_features(labels, **features)
+
+
+def test_openmax_refuses_non_finite_logits_and_another_k():
+    rng = np.random.default_rng(2)
+    v, y = rng.normal(size=(12, 3)), np.arange(12) % 3
+    bad = v.copy()
+    bad[0, 1] = np.nan
+    with pytest.raises(
+        ValueError,
+        match=r"^OpenMax\.fit_features: the logits of 1 of the 12 "
+        r"training samples are not finite \(NaN or inf; rows 0\)",
+    ):
+        OpenMax(tail=2).fit_features(y, logits=bad)
+    det = OpenMax(tail=2).fit_features(y, logits=v)
+    with pytest.raises(
+        ValueError,
+        match=r"^OpenMax\.score_features: logits must be \[N, K\] \(N "
+        r">= 1 samples, K = 3 classes, as fitted\); got shape \(2, 4\)$",
+    ):
+        det.score_features(logits=rng.normal(size=(2, 4)))
 
 
 def test_a_pytorch_model_is_refused_with_the_export_path():

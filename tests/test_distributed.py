@@ -20,6 +20,12 @@ its norms must agree to float tolerance.
 
 Every subprocess has a timeout: a hang (a collective waiting for a dead peer) fails the test
 instead of blocking the suite; no result depends on timing.
+
+The start of several processes (:func:`jacosr.distributed.initialize`) is checked where a
+peer never comes, so that its outcome is certain: a coordinator address that is no
+``host:port``, a coordinator port another program holds, process 1 without process 0 (in this
+process: it fails before jax's own start), process 0 without process 1 (a subprocess: it stops
+the process), each with a ``--distributed-timeout`` of a second.
 """
 
 import json
@@ -62,6 +68,103 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("localhost", 0))
         return s.getsockname()[1]
+
+
+# Starting several processes: refused flags, a port in use, a peer that never comes
+
+ADDRESS_ERROR = "--coordinator-address must be host:port"
+
+
+@pytest.mark.parametrize("address", ["nohostport", "host:", ":123", "host:0", "h:65536", "h:x"])
+def test_a_coordinator_address_must_be_host_port(address):
+    """(The command line refuses it when parsed: tests/test_cli.py.)"""
+    from jacosr.distributed import DistributedConfig
+
+    with pytest.raises(ValueError, match=rf"{ADDRESS_ERROR}, .*; got '{address}'"):
+        DistributedConfig("on", address)
+    for valid in ("localhost:1", "[::1]:65535", "10.0.0.1:12345"):
+        DistributedConfig("on", valid)
+
+
+def test_no_coordinator_and_no_cluster_names_the_flags():
+    """In a fresh process (jax refuses to start its distributed client once it has computed,
+    as the suite's other tests make it), and without the variables of any cluster jax
+    detects (a CI machine under SLURM would otherwise join it)."""
+    env = {
+        k: v
+        for k, v in _env(1).items()
+        if not k.startswith(("SLURM_", "OMPI_", "PMI_", "KUBERNETES_", "TPU_", "MEGASCALE_"))
+    }
+    script = (
+        "from jacosr.distributed import DistributedConfig, initialize\n"
+        "for mode in ('on', 'auto'):\n"
+        "    try:\n"
+        "        initialize(DistributedConfig(mode))\n"
+        "    except ValueError as err:\n"
+        "        print(err)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=TIMEOUT
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        f"--distributed {mode} needs --coordinator-address, --num-processes, --process-id: "
+        "jax detected no cluster (SLURM, Open MPI, Kubernetes, TPU pods) to take them "
+        "from; pass --distributed on with --coordinator-address HOST:PORT (process 0's "
+        "machine and a free port), --num-processes and --process-id"
+        for mode in ("on", "auto")
+    ]
+
+
+def test_a_coordinator_port_in_use_is_refused():
+    from jacosr.distributed import DistributedConfig, initialize
+
+    with socket.socket() as other:  # another program, listening on the port
+        other.bind(("localhost", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        with pytest.raises(OSError) as err:
+            initialize(DistributedConfig("on", f"localhost:{port}", 1, 0))
+    assert str(err.value) == (
+        f"port {port} is in use by another program on this machine, so process 0 cannot start "
+        f"its coordinator at localhost:{port}; choose a free port in --coordinator-address (the "
+        "same in every process), or stop that program"
+    )
+
+
+def test_process_1_without_process_0_says_it_waits_then_stops(capsys):
+    from jacosr.distributed import DistributedConfig, initialize
+
+    address = f"localhost:{_free_port()}"  # no process 0 there
+    with pytest.raises(TimeoutError) as err:
+        initialize(DistributedConfig("on", address, 2, 1, distributed_timeout=1))
+    assert capsys.readouterr().err == (
+        f"process 1 of 2: waiting up to 1 s for process 0 to join at {address} "
+        "(--distributed-timeout)\n"
+    )
+    assert str(err.value) == (
+        f"process 0 did not start its coordinator at {address} within 1 s "
+        "(--distributed-timeout); start process 0 with the same --coordinator-address and "
+        "--num-processes, or raise --distributed-timeout"
+    )
+
+
+def test_process_0_without_process_1_says_it_waits_then_stops(tmp_path):
+    address = f"localhost:{_free_port()}"
+    command = [sys.executable, "-m", "jacosr.train", "--workdir", str(tmp_path / "run")]
+    command += ["--distributed", "on", "--coordinator-address", address]
+    command += ["--num-processes", "2", "--process-id", "0", "--distributed-timeout", "1"]
+    done = subprocess.run(command, env=_env(1), capture_output=True, text=True, timeout=TIMEOUT)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert done.stderr.splitlines()[-2:] == [
+        f"process 0 of 2: waiting up to 1 s for process 1 to join at {address} "
+        "(--distributed-timeout)",
+        f"error: process 1 did not join at {address} within 1 s (--distributed-timeout); start "
+        "every process with the same --coordinator-address and --num-processes and its own "
+        "--process-id, or raise --distributed-timeout",
+    ]
+    assert "Check failure" not in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "run").exists()
 
 
 # The four-device subprocess

@@ -121,16 +121,21 @@ def test_rerun_neither_trains_nor_measures(experiment, monkeypatch):
 def test_runs_are_measured_read_only_as_when_trained(experiment, tmp_path, monkeypatch):
     """--runs on the experiment's runs and on a bare copy of one (no experiment around it,
     so it is named by what it trains): nothing under them changes, and each model measures
-    as it did in the experiment (same settings: the same samples and keys)."""
+    as it did in the experiment (same settings: the same samples and keys). A copy whose
+    results.json is damaged is left out with a warning naming it."""
     workdir, results, _ = experiment
     name = next(n for n in results["runs"] if n.startswith("Baseline/"))
-    bare = tmp_path / "bare"
+    bare, damaged = tmp_path / "bare", tmp_path / "damaged"
     shutil.copytree(workdir / "runs" / name, bare)
-    before = {**_stamps(workdir), **_stamps(bare)}
-    measured, printed = _main(
-        ["--runs", str(workdir / "runs"), str(bare), "--workdir", str(tmp_path / "m")]
-    )
-    assert {**_stamps(workdir), **_stamps(bare)} == before
+    shutil.copytree(workdir / "runs" / name, damaged)
+    (damaged / "results.json").write_text('{"scores": []}')
+    before = {**_stamps(workdir), **_stamps(bare), **_stamps(damaged)}
+    runs = ["--runs", str(workdir / "runs"), str(bare), str(damaged)]
+    with pytest.warns(
+        UserWarning, match=rf"^left out run {damaged}: {damaged}/results.json lacks "
+    ):
+        measured, printed = _main([*runs, "--workdir", str(tmp_path / "m")])
+    assert {**_stamps(workdir), **_stamps(bare), **_stamps(damaged)} == before
     records = measured["runs"]
     assert set(records) == {str(workdir / "runs" / n) for n in results["runs"]} | {str(bare)}
     assert records[str(bare)]["method"] == "sce"  # Baseline: SCE, no technique
@@ -144,7 +149,8 @@ def test_runs_are_measured_read_only_as_when_trained(experiment, tmp_path, monke
     assert {m: len(v) for m, v in panel["methods"].items()} == {"Baseline": 2, "m-OvR": 2, "sce": 1}
     assert "sce: undefined" in printed
     monkeypatch.setattr(grid, "measure_final", _refuse)  # a re-run reads them back
-    again, _ = _main(["--runs", str(workdir / "runs"), str(bare), "--workdir", str(tmp_path / "m")])
+    with pytest.warns(UserWarning, match=rf"^left out run {damaged}: "):
+        again, _ = _main([*runs, "--workdir", str(tmp_path / "m")])
     assert again == measured
 
 
@@ -184,6 +190,37 @@ def test_too_many_known_classes_and_missing_runs_fail_before_the_workdir(tmp_pat
         main(["--dataset", "toy2d", "--known", *"01234567", "--workdir", str(tmp_path / "w")])
     with pytest.raises(FileNotFoundError, match="does not exist"):
         main(["--runs", str(tmp_path / "none"), "--workdir", str(tmp_path / "w")])
+    assert not (tmp_path / "w").exists()
+
+
+def test_runs_whose_results_json_is_damaged_are_named(tmp_path):
+    """Binary, a list, or a list as scores: each run named with its file, and with none left,
+    one error before the workdir."""
+    contents = {"binary": b"\x89PNG\r\n", "list": b"[]", "scores": b'{"scores": [1]}'}
+    for name, content in contents.items():
+        (tmp_path / "runs" / name / "checkpoints").mkdir(parents=True)
+        (tmp_path / "runs" / name / "config.json").write_text("{}")
+        (tmp_path / "runs" / name / "results.json").write_bytes(content)
+    with (
+        pytest.warns(UserWarning) as warned,
+        pytest.raises(
+            ValueError,
+            match=r"^none of the runs in .*runs has a readable results.json \(0 without one, 3 "
+            r"damaged; see the warnings above\)$",
+        ),
+    ):
+        main(["--runs", str(tmp_path / "runs"), "--workdir", str(tmp_path / "w")])
+    wrong = [
+        "is not UTF-8 text (invalid start byte at byte 0)",
+        "holds an array, not an object",
+        "lacks 'config', 'accuracy', 'split' (a training run's results.json holds config, "
+        "accuracy, split, scores)",
+    ]
+    runs = [tmp_path / "runs" / name for name in contents]  # found in sorted order
+    assert [str(w.message).split("; re-running")[0] for w in warned] == [
+        f"left out run {run}: {run / 'results.json'} {what}"
+        for run, what in zip(runs, wrong, strict=True)
+    ]
     assert not (tmp_path / "w").exists()
 
 

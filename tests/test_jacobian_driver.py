@@ -297,6 +297,29 @@ def test_estimates_do_not_depend_on_chunking():
     )
 
 
+def test_nested_lists_are_batches():
+    """A list was refused as "must be a non-empty batch; got shape (1, 6)": the drivers take
+    what np.asarray makes an array of; a ragged list, or a list to a kernel, is named."""
+    params, xs = mlp_params(0), batch((3, 4), n=2)
+    f = partial(mlp, params)
+    as_list = xs.tolist()
+    np.testing.assert_array_equal(jj.jacobian_norms(f, as_list), jj.jacobian_norms(f, xs))
+    np.testing.assert_array_equal(
+        jj.estimate_sqnorms(f, as_list, key(0), num_probes=2)[0],
+        jj.estimate_sqnorms(f, xs, key(0), num_probes=2)[0],
+    )
+    with pytest.raises(
+        ValueError, match=r"^xs must be an array \[B, \.\.\.\]; setting an array element with a "
+    ):
+        jj.jacobian_norms(f, [as_list[0], as_list[1][:2]])
+    with pytest.raises(ValueError, match=r"^xs must be floating .* got dtype int64"):
+        jj.jacobian_norms(f, np.zeros((2, 3, 4), int).tolist())
+    with pytest.raises(
+        ValueError, match=r"^xs must be an array \[B, \.\.\.\] \(NumPy or JAX\); got a list$"
+    ):
+        jj.exact_sqnorms(f, as_list)
+
+
 # Bad batches: each names what is wrong
 
 
@@ -304,7 +327,11 @@ def test_bad_batches_are_refused():
     f, xs = partial(mlp, mlp_params(0)), batch((3, 4))
     with pytest.raises(ValueError, match=r"xs must be a non-empty batch \[B, \.\.\.\]"):
         jj.jacobian_norms(f, np.zeros((0, 3, 4), np.float32))
-    with pytest.raises(ValueError, match="xs must be floating; got dtype int32"):
+    with pytest.raises(
+        ValueError,
+        match=r"^xs must be floating \(it is differentiated\); got dtype int32: convert it, e\.g\. "
+        r"np\.asarray\(xs, np\.float32\)$",
+    ):
         jj.jacobian_norms(f, np.zeros((2, 3, 4), np.int32))
     with pytest.raises(ValueError, match="max_bytes must be positive; got 0"):
         jj.jacobian_norms(f, xs, max_bytes=0)

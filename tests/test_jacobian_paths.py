@@ -57,6 +57,17 @@ def test_path_through_a_non_finite_point_has_nan_length():
     assert np.array_equal(np.isnan(lengths), [False, True, True, True])
 
 
+def test_paths_take_nested_lists():
+    f, xs = partial(mlp, mlp_params(0)), batch((3, 4), n=2)
+    x1s = xs[::-1]
+    points = jj.path_points(xs.tolist(), x1s.tolist(), [0.5])  # float64, as np.asarray makes
+    np.testing.assert_allclose(points, (xs + x1s)[:, None] / 2, rtol=1e-6)
+    np.testing.assert_array_equal(
+        jj.path_length(f, xs.tolist(), x1s.tolist(), num_points=3),
+        jj.path_length(f, xs, x1s, num_points=3),
+    )
+
+
 def test_bad_paths_are_refused():
     f, xs = partial(mlp, mlp_params(0)), batch((3, 4))
     with pytest.raises(ValueError, match="x0s and x1s must have the same shape"):

@@ -118,8 +118,27 @@ def test_max_cosine_against_numpy():
 def test_class_means_and_missing_class():
     x = np.array([[0.0, 2.0], [2.0, 0.0], [5.0, 5.0]])
     np.testing.assert_allclose(class_means(x, np.array([0, 0, 1]), 2), [[1.0, 1.0], [5.0, 5.0]])
-    with pytest.raises(ValueError, match=r"classes \[2\] have no samples"):
+    with pytest.raises(
+        ValueError, match=r"each of the K = 3 classes needs at least 1 .* class 2 \(0\)"
+    ):
         class_means(x, np.array([0, 0, 1]), 3)
+
+
+@pytest.mark.parametrize(
+    ("labels", "message"),
+    [
+        # out of range: which labels, how many, and K (not a class they leave empty)
+        ([3, 4, 0, 1, 2, 4], r"in \[0, K\) with K = 3 classes; got 3, 4 \(3 of 6 samples\)$"),
+        ([-1, 0, 1, 2, 0, 1], r"in \[0, K\) with K = 3 classes; got -1 \(1 of 6 samples\)$"),
+        # every class needs two samples for its Weibull fit
+        ([0, 0, 1, 1, 1, 2], r"needs at least 2 training samples .* too few: class 2 \(1\)$"),
+        ([0, 0, 0, 1, 1, 1], r"too few: class 2 \(0\)$"),
+    ],
+)
+def test_fit_openmax_names_the_labels_it_cannot_fit(labels, message):
+    v = np.random.default_rng(0).normal(size=(6, 3))
+    with pytest.raises(ValueError, match=message):
+        fit_openmax(v, np.array(labels), 3, tail_size=2)
 
 
 def _openmax_reference(model: OpenMaxFit, v: np.ndarray, alpha: int) -> float:

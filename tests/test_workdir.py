@@ -2,6 +2,7 @@
 rule (only what jacosr wrote, nested sub-workdirs included; never user files or unmarked
 folders), config checks. Pure Python: no jax, every test well under a second."""
 
+import errno
 import json
 import os
 import signal
@@ -11,9 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from jacosr.workdir import MARKER, WorkdirBusyError, WorkdirError, open_workdir
+from jacosr.workdir import MARKER, OutputFolder, WorkdirBusyError, WorkdirError, open_workdir
 
-OUT = ("checkpoints", "metrics.jsonl", "results.json")
+STEPS = r"\d+(\.tmp)?"  # a step folder, or the temporary folder of one being written
+OUT = (OutputFolder("checkpoints", STEPS), "metrics.jsonl", "results.json")
+NAMES = ("checkpoints", "metrics.jsonl", "results.json")
+KEPT = r"deleted the old run in .* but kept what jacosr did not write there: "
 A = {"lr": 0.1, "model": {"width": 32}, "known": [0, 1]}
 B = {"lr": 0.05, "model": {"width": 32}, "known": [0, 1]}
 
@@ -21,7 +25,7 @@ B = {"lr": 0.05, "model": {"width": 32}, "known": [0, 1]}
 def _fake_run(path: Path, config: dict, outputs=OUT) -> None:
     """Open ``path`` as a run and write its outputs, as a training run would."""
     with open_workdir(path, config, outputs=outputs) as wd:
-        for name in outputs:
+        for name in wd.outputs:
             if name == "checkpoints":
                 (wd.path / name / "40").mkdir(parents=True)
                 (wd.path / name / "40" / "data").write_text("state")
@@ -38,7 +42,11 @@ def test_new_workdir_gets_marker_and_config_and_reopens(tmp_path):
     with open_workdir(path, A, outputs=OUT) as wd:
         assert wd.wrote_config and wd.path == path
     marker = json.loads((path / MARKER).read_text())
-    assert marker == {"written_by": "jacosr", "outputs": sorted(OUT)}
+    assert marker == {
+        "written_by": "jacosr",
+        "outputs": sorted(NAMES),
+        "folders": {"checkpoints": STEPS},
+    }
     assert json.loads((path / "config.json").read_text()) == A
     stamp = (path / "config.json").stat().st_mtime_ns
     with open_workdir(path, {**A, "known": (0, 1)}, outputs=OUT) as wd:  # tuples == lists
@@ -100,8 +108,9 @@ def test_overwrite_of_an_experiment_clears_marked_sub_workdirs_only(tmp_path):
     (mine / "config.json").write_text("{}")
     (mine / "metrics.jsonl").write_text("mine")
     (tmp_path / "runs" / "empty_by_user").mkdir()
-    with open_workdir(tmp_path, B, outputs=table, overwrite=True):
-        pass
+    with pytest.warns(UserWarning, match=KEPT + r"runs/y/seed0/my_analysis.py; move or"):
+        with open_workdir(tmp_path, B, outputs=table, overwrite=True):
+            pass
     assert _tree(tmp_path) == {
         MARKER,
         "config.json",
@@ -114,6 +123,66 @@ def test_overwrite_of_an_experiment_clears_marked_sub_workdirs_only(tmp_path):
         "runs/mine/metrics.jsonl",
         "runs/empty_by_user",
     }
+
+
+def test_overwrite_keeps_and_names_the_users_files_in_an_output_folder(tmp_path):
+    _fake_run(tmp_path, A)
+    checkpoints = tmp_path / "checkpoints"
+    (checkpoints / "80.tmp").mkdir()  # a save in progress when the old run was killed
+    (checkpoints / "MY_NOTES.txt").write_text("mine")
+    (checkpoints / "40_best").mkdir()  # a name like a step's, but not one
+    with pytest.warns(UserWarning, match=KEPT + r"checkpoints/40_best, checkpoints/MY_NOTES.txt;"):
+        with open_workdir(tmp_path, B, outputs=OUT, overwrite=True):
+            pass
+    assert _tree(tmp_path) == {
+        MARKER,
+        "config.json",
+        "checkpoints",
+        "checkpoints/MY_NOTES.txt",
+        "checkpoints/40_best",
+    }
+    assert (checkpoints / "MY_NOTES.txt").read_text() == "mine"
+
+
+def test_clearing_an_open_workdir_keeps_and_names_the_users_files_too(tmp_path):
+    """The path a training run takes when its checkpoints turn out to be of another run."""
+    _fake_run(tmp_path, A)
+    (tmp_path / "checkpoints" / "MY_NOTES.txt").write_text("mine")
+    with open_workdir(tmp_path, A, outputs=OUT) as wd:
+        with pytest.warns(UserWarning, match=KEPT + r"checkpoints/MY_NOTES.txt;"):
+            wd.clear()
+    assert _tree(tmp_path) == {MARKER, "config.json", "checkpoints", "checkpoints/MY_NOTES.txt"}
+
+
+def test_an_output_folder_of_a_sub_workdir_is_cleared_as_its_marker_says(tmp_path):
+    _fake_run(tmp_path, A, outputs=("table.md",))
+    sub = tmp_path / "runs" / "x" / "seed0"
+    _fake_run(sub, A)
+    (sub / "checkpoints" / "MY_NOTES.txt").write_text("mine")
+    _fake_run(tmp_path / "runs" / "x" / "seed1", A)
+    with pytest.warns(UserWarning, match=KEPT + r"runs/x/seed0/checkpoints/MY_NOTES.txt;"):
+        with open_workdir(tmp_path, B, outputs=("table.md",), overwrite=True):
+            pass
+    assert _tree(tmp_path) == {
+        MARKER,
+        "config.json",
+        "runs",
+        "runs/x",
+        "runs/x/seed0",
+        "runs/x/seed0/checkpoints",
+        "runs/x/seed0/checkpoints/MY_NOTES.txt",
+    }
+
+
+def test_a_marker_older_than_output_folders_gets_the_runs_description(tmp_path):
+    _fake_run(tmp_path, A)
+    (tmp_path / MARKER).write_text(json.dumps({"written_by": "jacosr", "outputs": NAMES}))
+    (tmp_path / "checkpoints" / "MY_NOTES.txt").write_text("mine")
+    with pytest.warns(UserWarning, match=KEPT + r"checkpoints/MY_NOTES.txt;"):
+        with open_workdir(tmp_path, B, outputs=OUT, overwrite=True):
+            pass
+    assert (tmp_path / "checkpoints" / "MY_NOTES.txt").read_text() == "mine"
+    assert json.loads((tmp_path / MARKER).read_text())["folders"] == {"checkpoints": STEPS}
 
 
 def test_overwrite_deletes_a_symlinked_output_link_not_its_target(tmp_path):
@@ -154,6 +223,20 @@ def test_write_text_is_atomic_and_limited_to_outputs(tmp_path):
         wd.write("results.json", "{}")
         with pytest.raises(ValueError, match=r"'notes.txt' is not one of this run's outputs"):
             wd.write("notes.txt", "x")
+    assert (tmp_path / "results.json").read_text() == "{}"
+    assert not (tmp_path / "results.json.tmp").exists()
+
+
+def test_a_write_that_finds_no_room_names_the_file_and_keeps_the_old_one(tmp_path):
+    def full_disk(file):  # write() on a full disk raises without naming the file
+        file.write(b"{")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with open_workdir(tmp_path, A, outputs=OUT) as wd:
+        wd.write("results.json", "{}")
+        with pytest.raises(OSError) as err:
+            wd.write("results.json", full_disk)
+    assert (err.value.errno, err.value.filename) == (errno.ENOSPC, str(tmp_path / "results.json"))
     assert (tmp_path / "results.json").read_text() == "{}"
     assert not (tmp_path / "results.json.tmp").exists()
 

@@ -48,7 +48,8 @@ class DataConfig:
     data set (neither built in nor prepared in data_dir) or benchmark, fewer than two known
     classes, duplicated or negative class indices, an empty unknown list, a val_fraction
     outside [0, 1), a protocol_split outside 0..4, an image_size below 1, a negative
-    split_seed. Class indices beyond the source's classes are refused when it is loaded.
+    split_seed. Class indices beyond the source's classes, and known classes without training
+    images, are refused when it is loaded.
     """
 
     dataset: str = "digits"

@@ -27,7 +27,8 @@ and up to two folder levels below it, so the folder torchvision downloaded into 
                 t10k-labels-idx1-ubyte, each gzipped (``.gz``, as distributed) or not: MNIST or
                 Fashion-MNIST, 28x28x1
   cifar10       data_batch_1..5 and test_batch (``cifar-10-batches-py``), class names from
-                batches.meta: 32x32x3, 10 classes
+                batches.meta: 32x32x3, 10 classes; other ``data_batch_*`` files (a
+                ``data_batch_1.bak``) are ignored, with a warning naming them
   cifar100      train, test and meta (``cifar-100-python``): the 100 fine labels, 32x32x3
   svhn          train_32x32.mat and test_32x32.mat (cropped digits; label 10 is the digit 0,
                 as TFDS and torchvision read it; extra_32x32.mat is not read): 32x32x3
@@ -40,8 +41,8 @@ and up to two folder levels below it, so the folder torchvision downloaded into 
 Every reader gives uint8 ``[N, H, W, C]`` images and int32 labels, checked by
 :func:`source_from_arrays`; ``image_size`` resizes the result (:func:`jacosr.data.resize_source`;
 image folders crop each image to a centred square first). A file that is not what its name says
-(a truncated idx file, a pickle that is not CIFAR's) is a ``ValueError`` naming the file and
-what is wrong with it.
+(a truncated idx file or .npz, a pickle that is not CIFAR's, a damaged image) is a
+``ValueError`` naming the file and what is wrong with it.
 
 The CIFAR files are pickles, and loading a pickle can run any code it names. They are read with
 an unpickler that builds dicts, lists, strings, numbers and NumPy arrays only (all that CIFAR's
@@ -54,6 +55,7 @@ import gzip
 import math
 import pickle
 import re
+import warnings
 import zlib
 from collections.abc import Callable
 from dataclasses import replace
@@ -62,8 +64,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from jacosr.data.folders import IMAGE_SUFFIXES, decode_images
-from jacosr.data.labelled import LabelledSource, resize_source
+from jacosr.data.folders import IMAGE_SUFFIXES, decode_images, open_image
+from jacosr.data.labelled import CACHE_ERRORS, LabelledSource, resize_source
 
 SEARCH_DEPTH = 2
 """How many folder levels below PATH ``format="auto"`` looks for a format's files."""
@@ -74,9 +76,22 @@ def _labels(y, what: str) -> np.ndarray:
     if y.ndim == 2 and y.shape[1] == 1:
         y = y[:, 0]
     if y.ndim != 1 or not (np.issubdtype(y.dtype, np.integer) or y.size == 0):
-        raise ValueError(f"{what} must be integer class indices [N], got {y.dtype}{list(y.shape)}")
+        raise ValueError(
+            f"{what} must be integer class indices [N], got {y.dtype}{list(y.shape)}"
+            + (
+                "; for whole numbers stored as floats pass y.astype(np.int64)"
+                if np.issubdtype(y.dtype, np.floating)
+                else ""
+            )
+        )
     if y.size and y.min() < 0:
         raise ValueError(f"{what} holds the negative class index {int(y.min())}")
+    # Checked before the cast, which would wrap a larger label into another class.
+    if y.size and y.max() > np.iinfo(np.int32).max:
+        raise ValueError(
+            f"{what} holds the class index {int(y.max())}, beyond the int32 labels jacosr "
+            "keeps; number the classes 0..K-1"
+        )
     return y.astype(np.int32)
 
 
@@ -117,8 +132,11 @@ def source_from_arrays(
     ``train_x, test_x``: ``[N, H, W, C]`` or greyscale ``[N, H, W]`` uint8 in [0, 255] (integer
     arrays within 0..255 are converted); an empty train partition (``N = 0``) makes a test-only
     source, for unknowns. ``train_y, test_y``: ``[N]`` (or ``[N, 1]``) integer class indices
-    >= 0. ``num_classes``: default the largest label + 1. ``class_names``: one per class, or
-    None. Raises ``ValueError`` naming the array and what is wrong with it.
+    in 0..2**31-1 (checked before they become int32). ``num_classes``: default the largest
+    label + 1, and then every class 0..K-1 must have an image (1-based or sparse labels are
+    refused rather than guessed at; give ``num_classes`` for classes without images).
+    ``class_names``: one per class, or None. Raises ``ValueError`` naming the array and what is
+    wrong with it.
     """
     train_x, test_x = _images(train_x, "train_x"), _images(test_x, "test_x")
     train_y, test_y = _labels(train_y, "train_y"), _labels(test_y, "test_y")
@@ -133,6 +151,8 @@ def source_from_arrays(
             f"{'x'.join(map(str, test_x.shape[1:]))}; they must have one shape"
         )
     largest = int(max(train_y.max(initial=0), test_y.max(initial=0)))
+    if num_classes is None:
+        _check_dense(np.unique(np.concatenate([train_y, test_y])))
     num_classes = largest + 1 if num_classes is None else int(num_classes)
     if num_classes <= largest:
         raise ValueError(f"num_classes is {num_classes}, but a label is {largest}")
@@ -141,6 +161,31 @@ def source_from_arrays(
         if len(class_names) != num_classes:
             raise ValueError(f"{len(class_names)} class names for {num_classes} classes")
     return LabelledSource(name, train_x, train_y, test_x, test_y, num_classes, class_names)
+
+
+def _check_dense(labels: np.ndarray) -> None:
+    """Refuse sorted distinct ``labels`` that leave a class of 0..max without images: the
+    number of classes is then guessed as max + 1, and 1-based or sparse labels would make
+    classes no image has (a range of empty classes, for labels such as 10**9)."""
+    gaps = np.flatnonzero(labels != np.arange(len(labels)))
+    if len(gaps):
+        largest = int(labels[-1])
+        raise ValueError(
+            f"the labels are {len(labels)} distinct values from {int(labels[0])} to {largest}, "
+            f"which leaves {largest + 1 - len(labels)} of the classes 0..{largest} without images "
+            f"(class {gaps[0]} first); number the classes 0..K-1 (np.searchsorted("
+            "classes, y) does, with classes the np.unique of the train and test labels "
+            "together), or give num_classes to keep classes without images"
+        )
+
+
+def _source_from_file(path: Path, name: str, *arrays, **kwargs) -> LabelledSource:
+    """:func:`source_from_arrays` of the arrays read from ``path`` (a file or folder); its
+    errors name ``path``."""
+    try:
+        return source_from_arrays(name, *arrays, **kwargs)
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from err
 
 
 # --- where each format's files are ---------------------------------------------------------
@@ -185,18 +230,35 @@ def read_npz(path: Path) -> LabelledSource:
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
-    except (OSError, ValueError, EOFError) as err:
-        raise ValueError(f"{path} cannot be read as a .npz of arrays: {err}") from err
+    except (*CACHE_ERRORS, MemoryError) as err:
+        # It fails as a damaged cache does; a damaged header can also claim a huge array.
+        raise ValueError(
+            f"{path} cannot be read as a .npz of arrays: {str(err) or type(err).__name__}; "
+            "write it again (np.savez, of numeric and string arrays only)"
+        ) from err
     for keys in (
         ("train_x", "train_y", "test_x", "test_y"),
         ("x_train", "y_train", "x_test", "y_test"),
     ):
         if all(k in arrays for k in keys):
-            names = arrays.get("class_names")
-            return source_from_arrays(
+            num_classes, names = arrays.get("num_classes"), arrays.get("class_names")
+            if num_classes is not None and not (
+                num_classes.size == 1 and np.issubdtype(num_classes.dtype, np.integer)
+            ):
+                raise ValueError(
+                    f"{path}: num_classes is {num_classes.dtype}{list(num_classes.shape)}, "
+                    "expected one integer"
+                )
+            if names is not None and names.ndim != 1:
+                raise ValueError(
+                    f"{path}: class_names is {names.dtype}{list(names.shape)}, expected one "
+                    "name per class [K]"
+                )
+            return _source_from_file(
+                path,
                 path.stem,
                 *(arrays[k] for k in keys),
-                num_classes=int(arrays["num_classes"]) if "num_classes" in arrays else None,
+                num_classes=None if num_classes is None else int(num_classes.item()),
                 class_names=None if names is None else [str(c) for c in names],
             )
     raise ValueError(
@@ -254,7 +316,7 @@ def read_mnist_idx(folder: Path) -> LabelledSource:
         images = read_idx(_mnist_file(folder, part, "images"), 3)
         labels = read_idx(_mnist_file(folder, part, "labels"), 1)
         arrays += [images, labels]
-    return source_from_arrays(folder.name, *arrays)
+    return _source_from_file(folder, folder.name, *arrays)
 
 
 _PICKLE_GLOBALS = frozenset(
@@ -285,8 +347,20 @@ def read_pickle(path: Path) -> dict:
     try:
         with open(path, "rb") as f:
             obj = _ArrayUnpickler(f, encoding="bytes").load()
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as err:
-        raise ValueError(f"{path} cannot be read as a CIFAR python pickle: {err}") from err
+    except (
+        pickle.UnpicklingError,
+        EOFError,
+        ValueError,
+        TypeError,
+        AttributeError,
+        # A damaged size field asks for an object larger than memory or than an index.
+        MemoryError,
+        OverflowError,
+    ) as err:
+        raise ValueError(
+            f"{path} cannot be read as a CIFAR python pickle: {str(err) or type(err).__name__}; "
+            "replace it by an intact copy of CIFAR's file"
+        ) from err
     if not isinstance(obj, dict):
         raise ValueError(f"{path} holds a {type(obj).__name__}, not CIFAR's dict")
     return {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in obj.items()}
@@ -295,31 +369,51 @@ def read_pickle(path: Path) -> dict:
 def _cifar_batch(path: Path, label_key: str) -> tuple[np.ndarray, np.ndarray]:
     batch = read_pickle(path)
     if "data" not in batch or label_key not in batch:
-        raise ValueError(f"{path} has the keys {sorted(batch)}; expected data and {label_key}")
+        raise ValueError(
+            f"{path} has the keys {sorted(batch, key=str)}; expected data and {label_key}"
+        )
     data = np.asarray(batch["data"])
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
         raise ValueError(
             f"{path}: data is {data.dtype}{list(data.shape)}, expected uint8 [N, 3072]"
         )
+    labels = _labels(batch[label_key], f"{path}: {label_key}")
+    if len(labels) != len(data):
+        raise ValueError(f"{path} holds {len(data)} images but {len(labels)} {label_key}")
     # Each row holds the red, green and blue planes of a 32x32 image, each row-major.
-    return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), np.asarray(batch[label_key])
+    return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), labels
 
 
 def _cifar_names(path: Path, key: str) -> list[str] | None:
     if not path.is_file():
         return None
     names = read_pickle(path).get(key)
-    return (
-        None if names is None else [n.decode() if isinstance(n, bytes) else str(n) for n in names]
-    )
+    if names is None:
+        return None
+    if not isinstance(names, list) or not all(isinstance(n, bytes | str) for n in names):
+        raise ValueError(f"{path}: {key} is not a list of names")
+    return [n.decode("latin1") if isinstance(n, bytes) else n for n in names]
+
+
+_CIFAR_BATCH = re.compile(r"data_batch_[0-9]+")
 
 
 def read_cifar10(folder: Path) -> LabelledSource:
     """CIFAR-10 from ``cifar-10-batches-py``: data_batch_1..5 (train), test_batch."""
-    batches = sorted(folder.glob("data_batch_*"), key=lambda p: int(p.name.rpartition("_")[2]))
-    train = [_cifar_batch(p, "labels") for p in batches if p.name.rpartition("_")[2].isdigit()]
+    found = sorted(folder.glob("data_batch_*"))
+    batches = [p for p in found if _CIFAR_BATCH.fullmatch(p.name)]
+    ignored = [p.name for p in found if p not in batches]
+    if ignored:
+        warnings.warn(
+            f"ignored {', '.join(ignored)} in {folder}: CIFAR-10's training batches are "
+            "data_batch_1..5",
+            stacklevel=2,
+        )
+    batches.sort(key=lambda p: int(p.name.rpartition("_")[2]))
+    train = [_cifar_batch(p, "labels") for p in batches]
     test_x, test_y = _cifar_batch(folder / "test_batch", "labels")
-    return source_from_arrays(
+    return _source_from_file(
+        folder,
         folder.name,
         np.concatenate([x for x, _ in train]),
         np.concatenate([y for _, y in train]),
@@ -334,7 +428,8 @@ def read_cifar100(folder: Path) -> LabelledSource:
     """CIFAR-100 from ``cifar-100-python``: train, test, meta; the 100 fine labels."""
     train_x, train_y = _cifar_batch(folder / "train", "fine_labels")
     test_x, test_y = _cifar_batch(folder / "test", "fine_labels")
-    return source_from_arrays(
+    return _source_from_file(
+        folder,
         folder.name,
         train_x,
         train_y,
@@ -364,7 +459,8 @@ def _svhn_part(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 def read_svhn(folder: Path) -> LabelledSource:
     """SVHN's cropped digits from train_32x32.mat and test_32x32.mat."""
-    return source_from_arrays(
+    return _source_from_file(
+        folder,
         folder.name,
         *_svhn_part(folder / "train_32x32.mat"),
         *_svhn_part(folder / "test_32x32.mat"),
@@ -391,8 +487,6 @@ def _class_files(part: Path, classes: list[str]) -> tuple[list[Path], list[int]]
 def read_image_folder(folder: Path, image_size: int | None = None) -> LabelledSource:
     """Class folders of images under ``folder/train`` and ``folder/test`` (``train`` may be
     absent: a test-only source); see the module docstring."""
-    from PIL import Image
-
     parts = [folder / "train", folder / "test"]
     classes = sorted(
         {p.name for part in parts if part.is_dir() for p in part.iterdir() if p.is_dir()}
@@ -403,7 +497,7 @@ def read_image_folder(folder: Path, image_size: int | None = None) -> LabelledSo
     files = train + test
     modes = set()
     for path in files:
-        with Image.open(path) as img:
+        with open_image(path) as img:
             modes.add(img.mode)
     mode = "L" if modes <= _GREY_MODES else "RGB"
     test_x = decode_images(test, image_size, f"decoding {folder / 'test'}", mode)

@@ -34,6 +34,8 @@ open-set builder resizes the whole set to the known classes' resolution when tha
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -60,16 +62,34 @@ IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp"})
 _PROGRESS_MIN = 20_000
 
 
+@contextmanager
+def open_image(path: Path) -> Iterator:
+    """``with open_image(path) as img``: Pillow's ``Image.open``, where a file Pillow cannot
+    read (truncated, damaged, not an image, or a header claiming more pixels than Pillow
+    decodes, its decompression-bomb guard) raises ``ValueError`` naming the file, also when the
+    pixels are decoded inside the ``with`` block (Pillow decodes lazily)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            yield img
+    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as err:
+        raise ValueError(
+            f"{path} cannot be read as an image: {err}; remove it or replace it by an intact copy"
+        ) from err
+
+
 def decode_image(path: Path, size: int | None, mode: str = "RGB") -> np.ndarray:
     """One image file as ``[size, size, C]`` uint8, in Pillow ``mode`` ``"RGB"`` (C = 3) or
-    ``"L"`` (greyscale, C = 1); ``size=None``: ``[H, W, C]``, its own size.
+    ``"L"`` (greyscale, C = 1); ``size=None``: ``[H, W, C]``, its own size. A file Pillow cannot
+    read is a ``ValueError`` naming it (:func:`open_image`).
 
     An image of another size is centre-cropped to a square of its short side, then resized with
     Pillow's bilinear filter (antialiased when shrinking).
     """
     from PIL import Image
 
-    with Image.open(path) as img:
+    with open_image(path) as img:
         img = img.convert(mode)
         if size is not None and img.size != (size, size):
             w, h = img.size

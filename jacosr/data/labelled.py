@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import os
 import shlex
+import tokenize
 import warnings
 import zipfile
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -102,10 +104,25 @@ def _check_cache(arrays: dict[str, np.ndarray], num_classes: int) -> None:
             raise ValueError(f"{part}_y is {y.dtype}{list(y.shape)}, expected int32 [{len(x)}]")
         if len(y) and not (0 <= y.min() and y.max() < num_classes):
             raise ValueError(f"{part}_y has labels outside 0..{num_classes - 1}")
+    # A damaged shape in an array's header can make it shorter (its checksum then goes unread).
+    train, test = arrays["train_x"].shape[1:], arrays["test_x"].shape[1:]
+    if len(arrays["train_x"]) and train != test:
+        raise ValueError(f"train_x holds images of shape {list(train)}, test_x {list(test)}")
 
 
-CACHE_ERRORS = (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile)
-"""What reading a damaged cache raises (truncated, not a zip, missing or malformed arrays)."""
+CACHE_ERRORS = (
+    OSError,
+    EOFError,
+    KeyError,
+    ValueError,
+    NotImplementedError,
+    zipfile.BadZipFile,
+    zlib.error,
+    tokenize.TokenError,
+)
+"""What reading a damaged ``.npz`` raises, a cache or the user's own (truncated, not a zip, a
+damaged compression method or deflate stream, a garbled array header, missing or malformed
+arrays)."""
 
 
 def load_cache(path: Path, name: str) -> LabelledSource | None:

@@ -201,6 +201,16 @@ def _remap(y: np.ndarray, classes: tuple[int, ...]) -> np.ndarray:
     return lookup[y]
 
 
+def _ranges(classes: np.ndarray) -> str:
+    """Sorted distinct class indices in short: ``[0, 1, 2, 5]`` -> ``"0..2, 5"``."""
+    starts = np.flatnonzero(np.diff(classes, prepend=-2) != 1)
+    ends = np.append(starts[1:], len(classes)) - 1
+    return ", ".join(
+        f"{classes[a]}..{classes[b]}" if b > a else f"{classes[a]}"
+        for a, b in zip(starts, ends, strict=True)
+    )
+
+
 def open_set_split(
     source: LabelledSource,
     known: tuple[int, ...],
@@ -220,8 +230,8 @@ def open_set_split(
     from ``cifar100``) and Protocol B (an OOD folder); its images must have the known source's
     shape and dtype. Raises ``ValueError`` with what is wrong and
     what is valid for out-of-range, duplicated or overlapping classes, fewer than two known
-    classes, mismatched images, a test-only known source, and any empty split (known-val only
-    when ``val_fraction`` asks for some).
+    classes, mismatched images, a test-only known source, a known class without training
+    images, and any empty split (known-val only when ``val_fraction`` asks for some).
     """
     other = unknown_source if unknown_source is not None else source
     _check_compatible(source, other)
@@ -253,6 +263,21 @@ def open_set_split(
         source=source.name,
         unknown_source=None if other is source else other.name,
     )
+    # A known class without training images would be trained on as if it were there.
+    counts = np.bincount(data.known_train.y, minlength=len(known))
+    untrained = [c for c, n in zip(known, counts, strict=True) if n == 0]
+    if untrained:
+        having = np.unique(source.train_y)
+        raise ValueError(
+            f"the known classes {untrained} of {source.name!r} have no training images"
+            + (
+                " (they are all held out as known-val: lower val_fraction)"
+                if np.isin(untrained, having).any()
+                else ""
+            )
+            + f"; of its classes 0..{source.num_classes - 1}, these have training images: "
+            f"{_ranges(having)}"
+        )
     for name in SPLITS:
         size = len(getattr(data, name).y)
         if size == 0 and not (name == "known_val" and val_fraction == 0):

@@ -14,7 +14,9 @@ holds some: an experiment's workdir is expanded into the training runs below it 
 ``runs/<row>/seed<s>``, ``seed<s>/``; :func:`jacosr.train.find_runs`), one row each; its own
 table is not read. A run without ``results.json`` (unfinished, or trained by ``fit`` alone, as
 the ``train/`` of interp) is left out with a warning, since comparing it would mean evaluating
-it, and the command writes nothing into runs.
+it, and the command writes nothing into runs; so is a run whose results.json cannot be read
+as one (:func:`read_results`: empty, not JSON, a field missing or of the wrong kind), with a
+warning naming the run, the file and what is wrong. When no run is left, it is an error.
 
 Rows are labelled by path; the leading columns are the config fields whose values differ
 between the rows (``loss.loss``, ``seed``, ...: what tells the runs apart), then the closed-set
@@ -43,7 +45,7 @@ from jacosr.config import require, to_dict
 from jacosr.evaluate import SCORE_METRICS
 from jacosr.experiments.command import Command
 from jacosr.plots import plot_compare
-from jacosr.train import find_runs
+from jacosr.train import RESULTS, find_runs
 from jacosr.workdir import open_workdir
 
 OUTPUTS = ("compare.md", "compare.csv", "results.json", "compare.png")
@@ -81,12 +83,80 @@ def _flat(config: dict, prefix: str = "") -> dict[str, object]:
     return flat
 
 
+RESULTS_FIELDS = {
+    "config": "an object",
+    "accuracy": "a number",
+    "split": "an object",
+    "scores": "an object",
+}
+"""The fields of a training run's ``results.json`` that its readers use (the resolved config,
+the closed-set accuracy, the data evaluated on, score -> {metric: number or null}), each with
+its JSON type as :func:`read_results` names it."""
+
+
+def read_results(path: Path) -> dict:
+    """A training run's ``results.json`` at ``path``, checked as far as its readers rely on it:
+    a JSON object holding the fields of :data:`RESULTS_FIELDS`, of their types, each score row
+    an object of metric -> number or null.
+
+    Raises ``FileNotFoundError`` when there is no such file, and ``ValueError`` naming the file
+    and what is wrong otherwise: unreadable, empty, not UTF-8 text, not JSON, not an object, a
+    field missing or of another type (a damaged file, or the results of something else)."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise
+    except OSError as err:
+        raise ValueError(f"{path} cannot be read: {err.strerror or err}") from None
+    if not data.strip():
+        raise ValueError(f"{path} is empty")
+    try:
+        results = json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path} is not UTF-8 text ({err.reason} at byte {err.start})") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not JSON ({err})") from None
+    except RecursionError:
+        raise ValueError(f"{path} is JSON nested too deeply to read") from None
+    if not isinstance(results, dict):
+        raise ValueError(f"{path} holds {_json_type(results)}, not an object")
+    missing = [field for field in RESULTS_FIELDS if field not in results]
+    if missing:
+        raise ValueError(
+            f"{path} lacks {', '.join(map(repr, missing))} (a training run's results.json holds "
+            f"{', '.join(RESULTS_FIELDS)})"
+        )
+    for field, wanted in RESULTS_FIELDS.items():
+        if _json_type(results[field]) != wanted:
+            raise ValueError(f"{path}: {field!r} is {_json_type(results[field])}, not {wanted}")
+    for score, row in results["scores"].items():
+        if not isinstance(row, dict):
+            raise ValueError(
+                f"{path}: scores[{score!r}] is {_json_type(row)}, not an object of metric -> value"
+            )
+        for metric, value in row.items():
+            if _json_type(value) not in ("a number", "null"):
+                raise ValueError(
+                    f"{path}: scores[{score!r}][{metric!r}] is {_json_type(value)}, not a number "
+                    "or null"
+                )
+    return results
+
+
+def _json_type(value: object) -> str:
+    """The JSON type of a value ``json.loads`` gave, with its article, for messages."""
+    names = {dict: "an object", list: "an array", str: "a string", bool: "a boolean"}
+    return "null" if value is None else names.get(type(value), "a number")
+
+
 def collect(paths: tuple[Path, ...]) -> dict[str, dict]:
     """``label -> results.json`` of every training run found at or below ``paths`` (each
-    once, in the order given), leaving out with a warning those without results.json.
+    once, in the order given), leaving out with a warning those without results.json, and
+    with a warning each those whose results.json :func:`read_results` refuses.
 
     Raises ``FileNotFoundError`` for a path that does not exist or holds no training run,
-    and ``ValueError`` when no run found has results."""
+    and ``ValueError`` when no run found has results that can be read."""
     found: dict[Path, str] = {}
     for path in paths:
         if not path.exists():
@@ -98,12 +168,19 @@ def collect(paths: tuple[Path, ...]) -> dict[str, dict]:
             )
         for run in runs:
             found.setdefault(run.resolve(), str(run))
-    results, missing = {}, []
+    results, missing, damaged = {}, [], 0
     for run, label in found.items():
         try:
-            results[label] = json.loads((run / "results.json").read_text())
+            results[label] = read_results(run / RESULTS)
         except FileNotFoundError:
             missing.append(label)
+        except ValueError as err:
+            damaged += 1
+            warnings.warn(
+                f"left out run {label}: {err}; re-running its `python -m jacosr.train` command "
+                "evaluates it again and rewrites the file",
+                stacklevel=2,
+            )
     if missing:
         warnings.warn(
             f"left out {len(missing)} run(s) without results.json (unfinished, or trained by "
@@ -112,7 +189,10 @@ def collect(paths: tuple[Path, ...]) -> dict[str, dict]:
             stacklevel=2,
         )
     if not results:
-        raise ValueError(f"none of the runs in {', '.join(map(str, paths))} has results.json")
+        raise ValueError(
+            f"none of the runs in {', '.join(map(str, paths))} has a readable results.json "
+            f"({len(missing)} without one, {damaged} damaged; see the warnings above)"
+        )
     return results
 
 

@@ -129,10 +129,14 @@ jaxlib is reported to leave this parallel path out from 0.11.1 on.)"""
 
 
 def _host_batch(xs, name: str = "xs") -> np.ndarray:
-    """``xs`` checked (:func:`_check_batch`) as a NumPy array of jax's canonical dtype (float64
-    stays float64 only under ``jax.enable_x64``)."""
+    """``xs`` (a NumPy or JAX array, or what ``np.asarray`` makes one of, e.g. a nested list)
+    checked (:func:`_check_batch`) as a NumPy array of jax's canonical dtype (float64 stays
+    float64 only under ``jax.enable_x64``)."""
+    try:
+        xs = np.asarray(xs)
+    except ValueError as err:  # a ragged nested list
+        raise ValueError(f"{name} must be an array [B, ...]; {err}") from None
     _check_batch(xs, name)
-    xs = np.asarray(xs)
     return xs.astype(jax.dtypes.canonicalize_dtype(xs.dtype), copy=False)
 
 
@@ -409,7 +413,7 @@ def jacobian_norms(
     Args:
       f: pure function of ONE unbatched input, ``x: [...] -> z: [d_z]``, or, with ``params``,
         ``f(params, x) -> z`` (e.g. ``jacosr.models.embedding_apply(graphdef)``).
-      xs: ``[B, ...]`` inputs (NumPy or JAX).
+      xs: ``[B, ...]`` inputs (NumPy or JAX, or what ``np.asarray`` makes one of: a nested list).
       params: None for ``f(x)``, else the pytree ``f`` takes first (e.g. a model state):
         traced, so a new ``params`` of the same shapes reuses the compiled chunks.
       mode: ``"auto"``, ``"reverse"`` or ``"forward"``, as in
@@ -507,7 +511,7 @@ def estimate_sqnorms(
 
     Args:
       f, params: as in :func:`jacobian_norms`.
-      xs: ``[B, ...]`` inputs.
+      xs: ``[B, ...]`` inputs, as in :func:`jacobian_norms`.
       key: one PRNG key; sample ``b`` draws its probes from ``jax.random.fold_in(key, b)``,
         whatever the chunking and the batch size.
       estimator: ``"hutchinson"`` (:func:`jacosr.jacobian.hutchinson_sqnorms`) or

@@ -32,7 +32,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from matfree import stochtrace
 
 Array = jax.Array
@@ -90,10 +89,16 @@ def _embedding_shape(f: Fn, params: Any, x_like) -> tuple[int, int]:
 
 
 def _check_batch(xs, name: str = "xs") -> None:
-    if not hasattr(xs, "shape") or len(xs.shape) < 1 or xs.shape[0] < 1:
-        raise ValueError(f"{name} must be a non-empty batch [B, ...]; got shape {np.shape(xs)}")
+    if not hasattr(xs, "shape"):
+        kind = type(xs).__name__
+        raise ValueError(f"{name} must be an array [B, ...] (NumPy or JAX); got a {kind}")
+    if len(xs.shape) < 1 or xs.shape[0] < 1:
+        raise ValueError(f"{name} must be a non-empty batch [B, ...]; got shape {xs.shape}")
     if not jnp.issubdtype(xs.dtype, jnp.floating):
-        raise ValueError(f"{name} must be floating; got dtype {xs.dtype}")
+        raise ValueError(
+            f"{name} must be floating (it is differentiated); got dtype {xs.dtype}: convert it, "
+            f"e.g. np.asarray({name}, np.float32)"
+        )
 
 
 def _example(xs) -> jax.ShapeDtypeStruct:

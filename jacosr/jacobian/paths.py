@@ -34,12 +34,14 @@ from jacosr.jacobian.kernels import (
 def path_points(x0s, x1s, ts):
     """``x_t = (1 - t) x0 + t x1`` for every pair and every ``t``: ``[P, T, ...]``.
 
-    NumPy in, NumPy out (JAX arrays give JAX arrays, also under ``jit``).
+    NumPy in, NumPy out (JAX arrays give JAX arrays, also under ``jit``; anything else, e.g. a
+    nested list, is taken as ``np.asarray`` makes it).
 
     Args:
       x0s, x1s: ``[P, ...]`` path ends (e.g. ``x0`` from class i, ``x1`` from class j).
       ts: ``[T]`` positions in ``[0, 1]``.
     """
+    x0s, x1s = (x if isinstance(x, jax.Array) else np.asarray(x) for x in (x0s, x1s))
     t = np.asarray(ts, dtype=x0s.dtype).reshape(1, -1, *([1] * (x0s.ndim - 1)))
     with np.errstate(invalid="ignore"):  # 0 * inf: a NaN point, whose norms are NaN anyway
         return (1 - t) * x0s[:, None] + t * x1s[:, None]
