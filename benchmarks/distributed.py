@@ -13,7 +13,7 @@ so the table shows the overhead of the mesh -- the gradient all-reduce, the shar
 and never a speed-up); on accelerators with the first N devices visible
 (``CUDA_VISIBLE_DEVICES``). One device is the plain path (no mesh).
 
-Rows: ``train img/s``, images per second through :func:`jacosr.train.make_train_dispatch` at
+Rows: ``train img/s``, images per second through :func:`jacosr.step.make_train_dispatch` at
 the global ``--batch-size`` (``--steps`` steps per dispatch, compiled first, then ``--repeats``
 dispatches timed); ``jacobian samples/s``, exact per-sample Jacobian norms
 (:func:`jacosr.jacobian.jacobian_norms`) of ``--samples`` inputs, compiled first (one call),
@@ -43,8 +43,9 @@ def measure(args: argparse.Namespace) -> dict:
     from jacosr.distributed import data_mesh, put_replicated
     from jacosr.jacobian import jacobian_norms
     from jacosr.models import ModelConfig, embedding_apply
-    from jacosr.train import ModelInputs, TrainConfig, init_train_state, make_train_dispatch
-    from jacosr.train import resolve as resolve_config
+    from jacosr.recipe import TrainConfig
+    from jacosr.recipe import resolve as resolve_config
+    from jacosr.step import ModelInputs, init_train_state, make_train_dispatch
 
     shape = (args.image_size, args.image_size, args.channels)
     rng = np.random.default_rng(0)

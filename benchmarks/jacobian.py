@@ -182,7 +182,7 @@ def build(net: str, sizes: Sizes):
 
     if net == "mlp-trained":
         from jacosr.data import to_float
-        from jacosr.train import load_run
+        from jacosr.runs import load_run
 
         _, data, graphdef, state = load_run(Path(os.environ[TRAINED_ENV]))
         test = np.concatenate([data.known_test.x, data.unknown_test.x])

@@ -10,7 +10,7 @@ Prints one table per allocator (glibc malloc; jemalloc by ``LD_PRELOAD`` of Debi
 per backbone -- the MLP and LeNet at the digits' 8x8x1, VGG32, WRN-16-4 and ResNet-18 at
 32x32x3 -- and a column per method:
 
-* ``dispatch``: the library's training dispatch (:func:`jacosr.train.make_train_dispatch`
+* ``dispatch``: the library's training dispatch (:func:`jacosr.step.make_train_dispatch`
   with ``dispatch_steps`` = ``--steps``: ``--steps`` steps in one ``lax.scan`` of that static
   length, as training runs between checkpoints) with the default convolution
   (``conv_impl="auto"``: the im2col weight gradient on CPU, XLA's on GPU); m-OvR loss, SGD
@@ -78,15 +78,8 @@ def _jax_cell(backbone: str, method: str, steps: int) -> dict:
 
     from jacosr.losses import loss_spec
     from jacosr.models import BACKBONES, ModelConfig, ModelState, OpenSetNet, split_model
-    from jacosr.train import (
-        PAPER_SELF_SUP,
-        TrainConfig,
-        TrainState,
-        make_objective,
-        make_optimizer,
-        make_train_dispatch,
-        resolve,
-    )
+    from jacosr.recipe import PAPER_SELF_SUP, TrainConfig, resolve
+    from jacosr.step import TrainState, make_objective, make_optimizer, make_train_dispatch
 
     image_shape, embed_dim = SHAPES[backbone]
     paper = method == "paper"

@@ -16,8 +16,11 @@
 # 31,200; TinyImageNet 10,000 -> 15,600; SVHN 41,684-47,203 depending on the split ->
 # 65,000-73,600 (TFDS svhn_cropped class counts).
 #
-# Expected GPU time (printed by the command before it trains): 50 runs, 1.94M steps x
-# 4.7 s/1k = 2.5 h of training on one H100, up to 4x that for the TinyImageNet runs (64x64).
+# Size and cost: the command prints the grid's size before it trains (`grid: 50 runs, ...`);
+# `python benchmarks/gpu_cost.py protocol_a <the flags below>` prints the expected time on one
+# H100 from the throughput benchmarks/gpu.sh measured (it counts the epochs on the prepared
+# data, as the command does): 50 runs, 1.94M steps x 4.7 s/1k = 2.5 h of training, up to 4x
+# that for the TinyImageNet runs (64x64).
 set -euo pipefail
 python -m jacosr.experiments.protocol_a \
   --methods SCE m-OvR \

@@ -15,9 +15,11 @@
 # are trained on). The paper's VGG baseline rows are quoted from other papers (marked *);
 # these runs are our own, in the paper's recipe.
 #
-# Expected GPU time (printed by the command before it trains): 150 runs, 3.4M steps:
-# 2.5M x 1.7 s/1k (no rotation) + 0.9M x 2.9 s/1k (rotation) = 1.9 h of training on one H100,
-# up to 4x that for the TinyImageNet runs (64x64 images).
+# Size and cost: the command prints the grid's size before it trains (`grid: 150 runs, ...`);
+# `python benchmarks/gpu_cost.py protocol_a <the flags below>` prints the expected time on one
+# H100 from the throughput benchmarks/gpu.sh measured: 150 runs, 3.4M steps: 2.5M x 1.7 s/1k
+# (no rotation) + 0.9M x 2.9 s/1k (rotation) = 1.9 h of training, up to 4x that for the
+# TinyImageNet runs (64x64 images).
 set -euo pipefail
 python -m jacosr.experiments.protocol_a \
   --methods SCE N-SCE DOC RPL CPN Ours \

@@ -17,9 +17,11 @@
 # bare Baseline (SCE without W, A and S) has the numbers of this table's SCE row;
 # experiments/table3_ablation_wrn16_4.sh runs that bare SCE too.
 #
-# Expected GPU time (printed by the command before it trains): 150 runs, 3.4M steps:
-# 2.5M x 3.4 s/1k (no rotation) + 0.9M x 6.0 s/1k (rotation) = 3.9 h of training on one H100,
-# up to 4x that for the TinyImageNet runs (64x64 images).
+# Size and cost: the command prints the grid's size before it trains (`grid: 150 runs, ...`);
+# `python benchmarks/gpu_cost.py protocol_a <the flags below>` prints the expected time on one
+# H100 from the throughput benchmarks/gpu.sh measured: 150 runs, 3.4M steps: 2.5M x 3.4 s/1k
+# (no rotation) + 0.9M x 6.0 s/1k (rotation) = 3.9 h of training, up to 4x that for the
+# TinyImageNet runs (64x64 images).
 set -euo pipefail
 python -m jacosr.experiments.protocol_a \
   --methods SCE N-SCE DOC RPL CPN Ours \

@@ -41,13 +41,13 @@ value`` is ``[64, W]``: the flattened 8x8x1 image times the width. To restore wi
     ckpt["state"]["model"]["params"]["head"]["prototypes"]["value"]  # [K, D] array
     ckpt["model"]["image_shape"], ckpt["config"]["loss"]["loss"]      # [8, 8, 1], "movr"
 
-With jacosr, :func:`jacosr.train.load_run` (``step=`` any kept checkpoint, ``data=False`` to
+With jacosr, :func:`jacosr.runs.load_run` (``step=`` any kept checkpoint, ``data=False`` to
 skip the data set) builds the network from ``model`` and ``config`` and restores it verified.
 
 Saves are synchronous and atomic: Orbax writes into ``<step>.orbax-checkpoint-tmp`` and
 renames it when complete (``sha256.json`` is written just before), so a run killed at any
 moment leaves every completed checkpoint intact (a run's state is a few MB, so a synchronous
-save costs milliseconds next to the training between checkpoints, and a failed save raises at
+save is short next to the training between checkpoints, and a failed save raises at
 the save, with its cause, instead of in a background thread later). A run that opens a workdir
 (its lock held, so no save is in progress) deletes the stray temporary folders of killed saves.
 

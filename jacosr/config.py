@@ -95,8 +95,8 @@ operations of one program side by side, independent batched LAPACK calls include
 so two at once on two cores park the whole pool and hang for good (see
 :data:`jacosr.jacobian.driver.CPU_WORKERS`). jacosr's own kernels order their LAPACK calls and
 run such programs one at a time, so they no longer need this flag; it stays as a guard for a
-user's ``f`` with independent linear algebra inside, and costs nothing measurable (exact VGG32
-norms ran at 2.6-3.3 samples/s either way)."""
+user's ``f`` with independent linear algebra inside, and it cost jacosr's own exact norms
+nothing measurable (README, "Speed")."""
 
 
 def configure_xla() -> None:

@@ -17,7 +17,7 @@ score exists twice.
 
 What a detector takes as its model (:func:`as_network`):
 
-* a jacosr run: its workdir (``str`` or ``Path``) or what :func:`jacosr.train.load_run` returns;
+* a jacosr run: its workdir (``str`` or ``Path``) or what :func:`jacosr.runs.load_run` returns;
   the loss comes from the run's config. Inputs are images as the data hold them (uint8, or
   float32 in [-1, 1]).
 * a jacosr model, ``(graphdef, state)`` or an :class:`~jacosr.models.OpenSetNet`, with
@@ -59,8 +59,8 @@ from jacosr.data import to_float
 from jacosr.evaluate import forward, map_padded, predict
 from jacosr.losses import LossConfig
 from jacosr.models import ModelState, OpenSetNet, Outputs, embedding_apply, split_model
+from jacosr.runs import load_run
 from jacosr.scores import SCORES, ScoreConfig, ScoreContext, Scorer
-from jacosr.train import load_run
 
 LOGITS_AS_GIVEN = LossConfig(loss="sce")
 """The loss of logits "as given": ``sce``'s softmax logits are the class scores themselves and
@@ -125,7 +125,7 @@ class Network:
     @classmethod
     def from_run(cls, run: str | os.PathLike | tuple) -> Network:
         """A jacosr run: its workdir, or the ``(config, data, graphdef, state)`` that
-        :func:`jacosr.train.load_run` returns; the loss is the run's."""
+        :func:`jacosr.runs.load_run` returns; the loss is the run's."""
         config, _, graphdef, state = (
             load_run(Path(run)) if isinstance(run, str | os.PathLike) else run
         )

@@ -28,7 +28,7 @@ What runs where:
   marker, lock and ``config.json``, ``metrics.jsonl``, ``results.json``, figures, progress
   bars; every process takes part in each Orbax save and restore (collective).
 
-Grids of independent runs (:func:`jacosr.experiments.grid.run_grid`) have a second option,
+Grids of independent runs (:func:`jacosr.grids.run_grid`) have a second option,
 ``--spread-runs``: one run per local device, side by side in threads (:func:`on_device` puts
 each run's programs on its own device). Use it for many small runs on a machine with several
 GPUs (the tables' MLP/LeNet/VGG32 runs keep one GPU busy each); use data parallelism (the
@@ -301,29 +301,12 @@ def on_device(device) -> Iterator[None]:
         _SCOPE.reset(token)
 
 
-_SPREAD_RUNS: contextvars.ContextVar[bool] = contextvars.ContextVar(
-    "jacosr_spread_runs", default=False
-)
-"""Whether the grids run in this context train their runs one per local device."""
-
-
-@contextlib.contextmanager
-def spreading_runs(spread: bool = True) -> Iterator[None]:
-    """Within the block, :func:`jacosr.experiments.grid.run_grid` trains its runs side by
-    side, one per local device (``--spread-runs`` of every experiment command), or not."""
-    token = _SPREAD_RUNS.set(spread)
-    try:
-        yield
-    finally:
-        _SPREAD_RUNS.reset(token)
-
-
-def spread_devices() -> list:
-    """The devices a grid spreads its runs over: the local ones inside
-    :func:`spreading_runs` with one process, else none (one run at a time, each on
-    :func:`devices`). With several processes every run takes them all, so nothing is
-    spread."""
-    if not _SPREAD_RUNS.get() or jax.process_count() > 1:
+def spread_devices(spread: bool) -> list:
+    """The devices a grid spreads its runs over (``--spread-runs``, :func:`jacosr.grids.
+    run_grid`): the local ones when ``spread`` with one process, else none (one run at a
+    time, each on :func:`devices`). With several processes every run takes them all, so
+    nothing is spread."""
+    if not spread or jax.process_count() > 1:
         return []
     return jax.local_devices()
 

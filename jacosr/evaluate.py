@@ -9,7 +9,7 @@ the split has no known-val, as in Protocol A, which trains on every known traini
 :func:`jacosr.metrics.open_set_metrics` on the scores of your own model.
 
 The Jacobian scores differentiate the network once per sample: on a big test set and a CPU
-that takes minutes (LeNet on MNIST's 32x32 images: about 0.1 s per image). They are evaluated
+that takes minutes (README, "Jacobian scores on big test sets"). They are evaluated
 on a seeded subset of at most ``jacobian_max_samples`` samples of each split (see
 :class:`jacosr.scores.ScoreConfig`; the results name the subsets), with a progress bar and a
 time estimate from the Jacobian engine.
@@ -26,20 +26,19 @@ import numpy as np
 from flax import nnx
 from tqdm.auto import tqdm
 
+from jacosr import jacobian
 from jacosr.config import require, to_dict
-from jacosr.data import OpenSetData, to_float
+from jacosr.data import OpenSetData, Split, to_float
+from jacosr.geometry import metric_dbi, metric_inter_class_distance, metric_intra_inter_ratio
 from jacosr.losses import LossConfig
 from jacosr.metrics import (
     check_finite_scores,
     metric_accuracy,
-    metric_dbi,
-    metric_inter_class_distance,
-    metric_intra_inter_ratio,
     metric_macro_f1,
     open_set_metrics,
 )
 from jacosr.models import ModelState, Outputs, apply_model, embedding_apply
-from jacosr.scores import SCORES, ScoreConfig, ScoreContext, Scorer, score_spec
+from jacosr.scores import SCORES, ScoreConfig, ScoreContext, Scorer, score_loss, score_spec
 
 # Columns of the per-score table, in print order.
 SCORE_METRICS = ("auroc", "aupr_in", "aupr_out", "fpr95", "oscr", "macro_f1")
@@ -284,3 +283,39 @@ def format_table(results: dict) -> str:
         of = ", ".join(f"{n} of {sizes[k]} {k.replace('_', '-')}" for k, n in used.items())
         lines.append(f"{name}: on a seeded subset ({of}; --jacobian-max-samples)")
     return "\n".join(lines)
+
+
+def capped_test_splits(data: OpenSetData, max_samples: int, seed: int) -> tuple[Split, Split]:
+    """Known-test and unknown-test, each cut to at most ``max_samples`` samples.
+
+    The kept samples are drawn without replacement by ``default_rng(seed)`` and keep their
+    order in the split; a split no larger than ``max_samples`` is returned whole.
+    """
+    rng = np.random.default_rng(seed)
+
+    def cut(split: Split) -> Split:
+        if len(split.y) <= max_samples:
+            return split
+        keep = subset_indices(len(split.y), max_samples, rng)
+        return Split(split.x[keep], split.y[keep])
+
+    return cut(data.known_test), cut(data.unknown_test)
+
+
+def per_sample(
+    graphdef: nnx.GraphDef, state: ModelState, x: np.ndarray, loss: LossConfig
+) -> dict[str, np.ndarray]:
+    """What the analyses of one model need of each input ``x: [N, H, W, C]``.
+
+    Returns ``{"embedding": [N, D], "loss": [N], "norm": [N]}``: the eval-mode representation
+    f(x), the loss at the pseudo label (Eq. 22) and the exact ||df/dx||_F. The Jacobian
+    engine takes the state as an argument, so another state of the architecture compiles
+    nothing.
+    """
+    outputs = predict(graphdef, state, x)
+    norms = jacobian.jacobian_norms(embedding_apply(graphdef), to_float(x), params=state)
+    return {
+        "embedding": np.asarray(outputs.embedding),
+        "loss": np.asarray(score_loss(outputs, loss)),
+        "norm": norms,
+    }

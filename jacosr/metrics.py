@@ -1,5 +1,6 @@
-"""Open-set recognition metrics: threshold-free detection, OSCR, macro-F1, embedding geometry,
-and the Jacobian norm difference (Eq. 20).
+"""Open-set recognition metrics: threshold-free detection, OSCR, macro-F1, and the Jacobian
+norm difference (Eq. 20) with the correlations the figures report; the geometry of the
+embeddings (DBI, class distances) is :mod:`jacosr.geometry`.
 
 Conventions shared by every score-based metric here:
 
@@ -53,7 +54,8 @@ def _score_pair(known_scores: ArrayLike, unknown_scores: ArrayLike) -> tuple[np.
     )
 
 
-def _class_indices(name: str, x: ArrayLike) -> np.ndarray:
+def class_indices(name: str, x: ArrayLike) -> np.ndarray:
+    """``x`` as ``[N]`` int64 class indices; ``ValueError`` naming ``name`` otherwise."""
     a = np.asarray(x)
     if a.ndim != 1:
         raise ValueError(f"{name} has shape {a.shape}; expected a 1-D array [N] of class indices")
@@ -64,7 +66,8 @@ def _class_indices(name: str, x: ArrayLike) -> np.ndarray:
     return a.astype(np.int64)
 
 
-def _same_length(**arrays: np.ndarray) -> None:
+def same_length(**arrays: np.ndarray) -> None:
+    """Refuse arrays of different lengths, naming each (one entry per sample in each)."""
     lengths = {name: len(a) for name, a in arrays.items()}
     if len(set(lengths.values())) > 1:
         listed = ", ".join(f"{name}={n}" for name, n in lengths.items())
@@ -170,9 +173,9 @@ def metric_accuracy(pred: ArrayLike, labels: ArrayLike) -> float:
     Returns:
       Accuracy in [0, 1].
     """
-    pred = _class_indices("pred", pred)
-    labels = _class_indices("labels", labels)
-    _same_length(pred=pred, labels=labels)
+    pred = class_indices("pred", pred)
+    labels = class_indices("labels", labels)
+    same_length(pred=pred, labels=labels)
     return float(np.mean(pred == labels))
 
 
@@ -213,7 +216,7 @@ def metric_oscr(
     correct = np.asarray(known_correct)
     if correct.ndim != 1:
         raise ValueError(f"known_correct has shape {correct.shape}; expected a 1-D array [N_k]")
-    _same_length(known_scores=known, known_correct=correct)
+    same_length(known_scores=known, known_correct=correct)
     if correct.dtype != np.bool_:
         if not np.all((correct == 0) | (correct == 1)):
             raise ValueError(
@@ -292,13 +295,13 @@ def metric_macro_f1(
       Macro-F1 in [0, 1].
     """
     known_scores, unknown_scores = _score_pair(known_scores_test, unknown_scores_test)
-    known_pred = _class_indices("known_pred_test", known_pred_test)
-    known_labels = _class_indices("known_labels_test", known_labels_test)
-    unknown_pred = _class_indices("unknown_pred_test", unknown_pred_test)
-    _same_length(
+    known_pred = class_indices("known_pred_test", known_pred_test)
+    known_labels = class_indices("known_labels_test", known_labels_test)
+    unknown_pred = class_indices("unknown_pred_test", unknown_pred_test)
+    same_length(
         known_scores_test=known_scores, known_pred_test=known_pred, known_labels_test=known_labels
     )
-    _same_length(unknown_scores_test=unknown_scores, unknown_pred_test=unknown_pred)
+    same_length(unknown_scores_test=unknown_scores, unknown_pred_test=unknown_pred)
     indices = {
         "known_pred_test": known_pred,
         "known_labels_test": known_labels,
@@ -330,135 +333,6 @@ def metric_macro_f1(
             zero_division=0.0,
         )
     )
-
-
-def _embeddings_by_class(
-    embeddings: ArrayLike, labels: ArrayLike, min_classes: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Validated ``x: [N, D]``, class index per sample ``[N]`` in [0, C), class means ``[C, D]``."""
-    x = np.asarray(embeddings, dtype=np.float64)
-    if x.ndim != 2:
-        raise ValueError(f"embeddings has shape {x.shape}; expected a 2-D array [N, D]")
-    labels = _class_indices("labels", labels)
-    _same_length(embeddings=x, labels=labels)
-    bad = int(np.count_nonzero(~np.isfinite(x)))
-    if bad:
-        raise ValueError(
-            f"embeddings contains {bad} non-finite values (NaN or ±inf); expected finite values"
-        )
-    classes, index = np.unique(labels, return_inverse=True)
-    if classes.size < min_classes:
-        raise ValueError(
-            f"labels contain {classes.size} distinct class(es); expected at least {min_classes}"
-        )
-    sums = np.zeros((classes.size, x.shape[1]))
-    np.add.at(sums, index, x)
-    means = sums / np.bincount(index)[:, None]
-    return x, index, means
-
-
-COINCIDE_RTOL = 1e-8
-"""Two class means closer than this times the largest embedding norm coincide: far below the
-resolution of float32 embeddings, far above the rounding of a mean of identical vectors."""
-
-
-def _class_spread(x: np.ndarray, index: np.ndarray, means: np.ndarray) -> np.ndarray:
-    """``[C]`` mean Euclidean distance of each class's samples to its mean (the S_i of DBI)."""
-    distance_to_mean = np.linalg.norm(x - means[index], axis=-1)
-    return np.bincount(index, weights=distance_to_mean) / np.bincount(index)
-
-
-def _mean_distances(x: np.ndarray, means: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``[C, C]`` distances between the class means of ``x``, and ``[C, C]`` bool: which pairs
-    of two different classes have coinciding means (:data:`COINCIDE_RTOL`), i.e. collapsed."""
-    distance = np.linalg.norm(means[:, None] - means[None], axis=-1)
-    tol = COINCIDE_RTOL * float(np.max(np.linalg.norm(x, axis=-1)))
-    return distance, (distance <= tol) & ~np.eye(len(means), dtype=bool)
-
-
-def metric_dbi(embeddings: ArrayLike, labels: ArrayLike) -> float:
-    """Davies-Bouldin index of the embeddings grouped by label; lower = better separated.
-
-    DBI = (1/C) sum_i max_{j != i} (S_i + S_j) / ||mu_i - mu_j||, with S_i the mean Euclidean
-    distance of class i's samples to their mean mu_i (``sklearn.metrics.davies_bouldin_score``).
-
-    Collapse is the worst case, not the best: when two class means coincide (within
-    :data:`COINCIDE_RTOL` of the largest embedding norm) the index is infinite, and this
-    returns ``inf``. scikit-learn deviates there: it returns 0, the best value, when all means
-    are within 1e-8 of each other or every class is a single point (even one shared by two
-    classes), and it drops pairs of identical means from the maximum. Elsewhere the two agree
-    to rounding.
-
-    Args:
-      embeddings: [N, D] float.
-      labels: [N] int, any class indices; needs 2 <= C <= N - 1 distinct values.
-
-    Returns:
-      DBI >= 0, or ``inf`` when two classes' means coincide.
-    """
-    x, index, means = _embeddings_by_class(embeddings, labels, min_classes=2)
-    if means.shape[0] > x.shape[0] - 1:
-        raise ValueError(
-            f"{means.shape[0]} classes for {x.shape[0]} samples; the Davies-Bouldin index "
-            "needs at least one class with two or more samples (C <= N - 1)"
-        )
-    distance, coincide = _mean_distances(x, means)
-    if np.any(coincide):
-        return float("inf")
-    spread = _class_spread(x, index, means)
-    np.fill_diagonal(distance, np.inf)
-    ratio = (spread[:, None] + spread[None]) / distance
-    return float(np.mean(np.max(ratio, axis=1)))
-
-
-def _mean_pairwise_distance(means: np.ndarray) -> float:
-    upper = np.triu_indices(means.shape[0], k=1)
-    return float(np.mean(np.linalg.norm(means[:, None] - means[None], axis=-1)[upper]))
-
-
-def metric_inter_class_distance(embeddings: ArrayLike, labels: ArrayLike) -> float:
-    """Mean Euclidean distance between class means, over the C (C - 1) / 2 unordered pairs.
-
-    Args:
-      embeddings: [N, D] float.
-      labels: [N] int, any class indices; needs at least 2 distinct values.
-
-    Returns:
-      Mean inter-class distance >= 0.
-    """
-    _, _, means = _embeddings_by_class(embeddings, labels, min_classes=2)
-    return _mean_pairwise_distance(means)
-
-
-def metric_intra_inter_ratio(embeddings: ArrayLike, labels: ArrayLike) -> float:
-    """Mean intra-class spread divided by the mean inter-class distance; lower = tighter.
-
-        intra = (1/C) sum_c (1/N_c) sum_{i : y_i = c} ||x_i - mu_c||
-        inter = metric_inter_class_distance(embeddings, labels)
-        ratio = intra / inter
-
-    ``intra`` averages each class's mean distance to its own mean with equal weight per
-    class (the S_i of the Davies-Bouldin index), so a large class does not dominate; with
-    balanced classes it equals the plain mean over samples.
-
-    When all class means coincide (every pair within :data:`COINCIDE_RTOL` of the largest
-    embedding norm: the classes collapsed onto one point) the ratio is infinite, the worst
-    value, and this returns ``inf``; rounding would otherwise leave an arbitrary ratio of two
-    tiny numbers. Means that coincide only in part still give a finite ratio.
-
-    Args:
-      embeddings: [N, D] float.
-      labels: [N] int, any class indices; needs at least 2 distinct values.
-
-    Returns:
-      The ratio >= 0, or ``inf`` when all class means coincide.
-    """
-    x, index, means = _embeddings_by_class(embeddings, labels, min_classes=2)
-    _, coincide = _mean_distances(x, means)
-    if np.sum(coincide) == len(means) * (len(means) - 1):
-        return float("inf")
-    inter = _mean_pairwise_distance(means)
-    return float(np.mean(_class_spread(x, index, means)) / inter)
 
 
 class EstimateInterval(NamedTuple):

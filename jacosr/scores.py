@@ -47,9 +47,9 @@ class ScoreConfig:
       jacobian_max_samples: the Jacobian scores (``jacobian``, ``jacobian_stochastic``) are
         evaluated on at most this many samples of each split (known-val, known-test,
         unknown-test): a fixed random subset drawn from --score-seed (all when there are
-        fewer; 0: always all). They differentiate the network per sample, which on a CPU costs
-        about 0.1 s per 32x32 image for LeNet and 0.3 s for VGG32; the other scores always
-        see every sample. The results name the subsets (``subsets``).
+        fewer; 0: always all). They differentiate the network per sample, which is slow on a
+        CPU for image backbones (README, "Jacobian scores on big test sets"); the other scores
+        always see every sample. The results name the subsets (``subsets``).
       openmax_tail: OpenMax's Weibull tail size: the largest distances per class that are fitted
         (Bendale & Boult 2016 use 20).
       openmax_alpha: how many top-ranked classes OpenMax recalibrates (its alpha rank).

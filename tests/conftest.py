@@ -72,7 +72,8 @@ def digits_run(tmp_path_factory):
     ``(workdir, results)``. The first worker to get the lock trains; the others find the run
     finished, so ``run`` only reads its checkpoint back and evaluates it. Read-only for tests:
     copy it (``shutil.copytree``) before changing anything in it."""
-    from jacosr.train import TrainConfig, run
+    from jacosr.recipe import TrainConfig
+    from jacosr.train import run
 
     root = _run_root(tmp_path_factory)
     workdir = root / "digits-movr-2000"

@@ -305,7 +305,7 @@ def test_plain_orbax_restores_a_training_checkpoint_as_documented(digits_run, tm
     code, no template): the items, the model item's values (digits: 8x8x1 images, known
     classes 0..5, the default MLP), and the state's paths and arrays against the model that
     load_run restores."""
-    from jacosr.train import load_run
+    from jacosr.runs import load_run
 
     workdir, _ = digits_run
     shutil.copytree(workdir / "checkpoints", tmp_path / "checkpoints")  # the shared run: read-only

@@ -11,7 +11,8 @@ import pytest
 from jacosr.config import DEBUG_ENV, run_command, to_dict
 from jacosr.experiments import compare
 from jacosr.losses import LossConfig
-from jacosr.train import TrainConfig, resolve
+from jacosr.recipe import TrainConfig, resolve
+from jacosr.runs import collect, read_results
 from jacosr.workdir import WorkdirError
 
 SPLIT = {"source": "digits", "benchmark": None, "known_classes": [0, 1, 2, 3, 4, 5]}
@@ -122,11 +123,9 @@ def test_a_real_run_compares_with_every_score_it_has(digits_run, tmp_path):
     workdir, results = digits_run
     out = compare.main([str(workdir), "--workdir", str(tmp_path / "out")])
     row = out["rows"][str(workdir)]["values"]
-    assert row["accuracy"] == results["accuracy"]
-    assert [c for c in out["columns"] if c != "accuracy"] == [
-        f"{s} auroc" for s in results["scores"]
-    ]
-    assert all(row[f"{s} auroc"] == v["auroc"] for s, v in results["scores"].items())
+    assert row["accuracy"] == results.accuracy
+    assert [c for c in out["columns"] if c != "accuracy"] == [f"{s} auroc" for s in results.scores]
+    assert all(row[f"{s} auroc"] == v["auroc"] for s, v in results.scores.items())
     assert out["differs"] == []
 
 
@@ -177,10 +176,10 @@ def test_a_damaged_results_json_is_named_and_left_out(runs, tmp_path, content, w
     bad = _run(tmp_path / "bad")
     (bad / "results.json").write_bytes(content)
     with pytest.raises(ValueError) as raised:
-        compare.read_results(bad / "results.json")
+        read_results(bad)
     assert str(raised.value) == f"{bad / 'results.json'}{wrong}"
     with pytest.warns(UserWarning) as warned:
-        results = compare.collect((bad, a))
+        results = collect((bad, a))
     assert list(results) == [str(a)]
     assert [str(w.message) for w in warned] == [
         f"left out run {bad}: {raised.value}; re-running its `python -m jacosr.train` command "

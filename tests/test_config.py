@@ -72,8 +72,9 @@ REJECT = "a fraction in [0, 1) (of known-val rejected by the macro-F1 threshold)
 TAIL = ">= 2 (the Weibull fit needs two distances per class)"
 SOURCES = (
     "cifar10, cifar100, digits, imagenet_crop, imagenet_resize, imagenet_resized/32x32, "
-    "lsun_crop, lsun_resize, mnist, svhn_cropped, tinyimagenet, toy2d, or a data set prepared "
-    "from your own files in --data-dir (python -m jacosr.data.prepare NAME --from PATH)"
+    "lsun_crop, lsun_resize, mnist, svhn_cropped, tinyimagenet, toy2d, or the name of a data "
+    "set prepared from your own files (letters, digits, '.', '_', '+' and '-'; python -m "
+    "jacosr.data.prepare NAME --from PATH)"
 )
 KNOWN = "at least 2 distinct class indices >= 0 (open-set recognition needs two known classes)"
 UNKNOWN = "unset (every class that is not known) or distinct class indices >= 0"
@@ -119,10 +120,10 @@ REFUSED = [
     ),
     (ScoreConfig, {"openmax_tail": 1}, f"--openmax-tail must be {TAIL}"),
     (ScoreConfig, {"openmax_alpha": 0}, "--openmax-alpha must be >= 1"),
-    (DataConfig, {"dataset": "cifar11"}, f"--dataset must be one of {SOURCES}"),
+    (DataConfig, {"dataset": "../cifar11"}, f"--dataset must be one of {SOURCES}"),
     (
         DataConfig,
-        {"unknown_dataset": "svhn"},
+        {"unknown_dataset": "svhn cropped"},
         f"--unknown-dataset must be unset or one of {SOURCES}",
     ),
     (DataConfig, {"known": ()}, f"--known must be {KNOWN}"),

@@ -12,6 +12,7 @@ from jacosr.data import (
     DataNotPreparedError,
     LabelledSource,
     Split,
+    check_available,
     load_open_set,
     load_source,
     open_set_split,
@@ -224,8 +225,11 @@ def test_unknown_source_name_lists_the_valid_ones():
         assert name in str(err.value)
     with pytest.raises(DataNotPreparedError, match=r"no data set 'nope' .*prepare nope --from"):
         load_source("nope")  # could: how to prepare it
-    with pytest.raises(ValueError, match=r"^--dataset must be one of cifar10, .*; got 'cifar11'"):
-        DataConfig(dataset="cifar11")
+    with pytest.raises(ValueError, match=r"^--dataset must be one of cifar10, .*; got 'no pe'"):
+        DataConfig(dataset="no pe")
+    config = DataConfig(dataset="cifar11")  # builds without looking at the disk
+    with pytest.raises(DataNotPreparedError, match=r"no data set 'cifar11' .*prepare cifar11"):
+        check_available(config)  # where the data are needed, before anything is written
 
 
 @pytest.mark.parametrize(

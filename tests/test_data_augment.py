@@ -7,17 +7,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jacosr.data import AUGMENTATIONS, DataConfig, get_augmentation
+from jacosr.data import AUGMENTATIONS, DataConfig, get_augmentation, paper_augmentation
 from jacosr.data.augment import (
     colour_jitter,
     flip,
-    paper_augmentation,
     random_flip,
     random_translate,
     sample_shifts,
     translate,
 )
-from jacosr.train import TrainConfig, resolve
+from jacosr.recipe import TrainConfig, resolve
 
 NAMES = ["none", "weak", "translate", "strong"]
 # One batch shape throughout keeps compilations (the slow part on 2 cores) few.

@@ -22,11 +22,14 @@ from PIL import Image
 
 from jacosr.config import USER_ERRORS, run_command
 from jacosr.data import (
+    SOURCES,
     DataConfig,
     DataNotPreparedError,
+    check_available,
     load_open_set,
     load_source,
     open_set_split,
+    paper_augmentation,
     read_files,
     source_from_arrays,
 )
@@ -375,8 +378,8 @@ def mnist_files(tmp_path):
 def test_prepare_from_files_makes_a_named_data_set(tmp_path, mnist_files, capsys):
     files, parts = mnist_files
     data_dir = tmp_path / "data"
-    with pytest.raises(ValueError, match=r"--dataset must be one of .*, or a data set prepared"):
-        DataConfig(dataset="my-digits", data_dir=data_dir)
+    with pytest.raises(DataNotPreparedError, match=r"no data set 'my-digits'"):
+        check_available(DataConfig(dataset="my-digits", data_dir=data_dir))
     assert main(["my-digits", "--from", str(files), "--data-dir", str(data_dir)]) == [
         cache_path(data_dir, "my-digits")
     ]
@@ -447,7 +450,9 @@ def test_names_without_data_say_how_to_bring_them(tmp_path, capsys):
     with pytest.raises(DataNotPreparedError) as err:
         load_source("mine", tmp_path)
     assert str(err.value) == (
-        f"there is no data set 'mine' in {tmp_path}: it is not built in, and "
+        f"there is no data set 'mine' in {tmp_path}: it is not built in "
+        f"({', '.join(sorted(SOURCES))}), "
+        "and "
         f"{tmp_path}/cache/mine.npz does not exist; to bring your own files under that name run "
         f"`python -m jacosr.data.prepare mine --from PATH --data-dir {tmp_path}` "
         "(see python -m jacosr.data.prepare --help)"
@@ -761,3 +766,36 @@ def test_fuzzed_files_are_read_or_refused_in_one_line(tmp_path, kind):
             assert load_cache(path, "mine") is not None  # what the command describes
         damaged.write_bytes(originals[damaged])
     assert refused > FUZZ_COUNT // 2  # the damage reaches the readers
+
+
+def test_no_flip_is_recorded_with_your_own_data_and_changes_only_with_force(tmp_path, capsys):
+    rng = np.random.default_rng(1)
+    x = rng.integers(0, 256, (20, 8, 8), dtype=np.uint8)
+    y = np.repeat(np.arange(2), 10)
+    np.savez(tmp_path / "a.npz", train_x=x, train_y=y, test_x=x[:4], test_y=y[:4])
+    common = ["--from", str(tmp_path / "a.npz"), "--data-dir", str(tmp_path)]
+    main(["letters", *common, "--no-flip"])
+    assert "not flipped by the augmentation (--no-flip)" in capsys.readouterr().out
+    assert load_cache(cache_path(tmp_path, "letters"), "letters").flips is False
+    assert paper_augmentation("letters", tmp_path) == "translate"
+    main(["letters", *common, "--no-flip"])  # the same again: nothing to do
+    with pytest.raises(
+        ValueError, match=r"holds these data, prepared with --no-flip; pass --force"
+    ):
+        main(["letters", *common])
+    main(["letters", *common, "--force"])
+    assert paper_augmentation("letters", tmp_path) == "weak"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["mnist", "--no-flip"], r"--no-flip apply to your own files: pass --from PATH"),
+        (["cifar10", "--from", "FILES", "--no-flip"], r"--no-flip is for data sets of your own"),
+    ],
+)
+def test_no_flip_is_for_your_own_files(tmp_path, argv, message):
+    argv = [str(tmp_path) if a == "FILES" else a for a in argv]
+    with pytest.raises(ValueError, match=message):
+        main([*argv, "--data-dir", str(tmp_path / "data")])
+    assert not (tmp_path / "data").exists()

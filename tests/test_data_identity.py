@@ -24,7 +24,9 @@ from jacosr.data.openset import split_sha256
 from jacosr.data.prepare import prepare
 from jacosr.evaluate import EvalConfig
 from jacosr.models import ModelConfig
-from jacosr.train import TrainConfig, fit, load_run, main, resolve, run
+from jacosr.recipe import TrainConfig, resolve
+from jacosr.runs import load_run
+from jacosr.train import fit, main, run
 from jacosr.workdir import WorkdirError
 
 KNOWN, UNKNOWN = [2, 4, 5, 9, 8, 3], [0, 1, 6, 7]  # split 0 of the MNIST benchmark
@@ -81,7 +83,7 @@ def test_a_benchmark_run_records_its_real_data_set_and_a_fingerprint(trained):
         # 8 training images per class, of which round(0.1 * 8) = 1 is known-val
         "known_train": {"size": 6 * 7, "sha256": split_sha256(data.known_train)},
     }
-    split = results["split"]
+    split = results.split
     assert split["source"] == "mnist" and split["benchmark"] == "mnist"
     assert split["sha256"]["unknown_test"] == split_sha256(data.unknown_test)
     assert split["sizes"]["unknown_test"] == 4 * 3

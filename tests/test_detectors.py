@@ -28,8 +28,8 @@ from jacosr.detectors import (
 )
 from jacosr.metrics import metric_auroc
 from jacosr.models import embedding_fn
+from jacosr.runs import load_run
 from jacosr.scores import SCORES
-from jacosr.train import load_run
 
 # --- a plain JAX model, not built by jacosr: z = W2 tanh(W1 x + b1), logits = V z -------------
 
@@ -176,7 +176,7 @@ def test_detectors_of_a_run_reproduce_the_evaluation_table(run, digits_run, name
     """From the workdir, from load_run's tuple and from (graphdef, state) with the run's loss:
     the same AUROC as the run's own evaluation."""
     config, data, graphdef, state = run
-    expected = digits_run[1]["scores"][name]["auroc"]
+    expected = digits_run[1].scores[name]["auroc"]
     for model in (digits_run[0], run, Network.from_model(graphdef, state, loss=config.loss)):
         det = DETECTORS[name](model).fit(data.known_train.x, data.known_train.y)
         auroc = metric_auroc(det.score(data.known_test.x), det.score(data.unknown_test.x))

@@ -177,12 +177,14 @@ def _devices_worker(root: Path) -> dict:
     import jax
 
     from jacosr.data import load_open_set
-    from jacosr.distributed import on_device, spreading_runs
+    from jacosr.distributed import on_device
     from jacosr.evaluate import EvalConfig
-    from jacosr.experiments.grid import run_grid, seed_grid
+    from jacosr.grids import run_grid, seed_grid
     from jacosr.jacobian import estimate_sqnorms, jacobian_norms
     from jacosr.models import ModelConfig, embedding_apply
-    from jacosr.train import TrainConfig, fit, resolve
+    from jacosr.recipe import TrainConfig, resolve
+    from jacosr.runs import hardware
+    from jacosr.train import fit
 
     assert len(jax.devices()) == 4
     config = TrainConfig(model=ModelConfig(width=32, embed_dim=16), **TINY)
@@ -196,17 +198,18 @@ def _devices_worker(root: Path) -> dict:
     with on_device(jax.devices()[0]):
         norms1 = jacobian_norms(f, xs, params=state)
         est1, err1 = estimate_sqnorms(f, xs, key, params=state)
+        on_one = hardware()
     try:
         fit(dataclasses.replace(config, batch_size=6), data, root / "odd", progress=False)
         refused = None
     except ValueError as err:
         refused = str(err)
-    grid = seed_grid({"row": config}, 2)
+    grid = seed_grid({"row": resolve(config)}, 2)
     evaluation = EvalConfig(scores=("msp",))
-    with spreading_runs():  # the seeds on devices 0 and 1: each run the plain one-device run
-        first = run_grid(grid, root / "grid", evaluation, progress=False)
-        stamps = {n: (root / "grid" / n / "metrics.jsonl").stat().st_mtime_ns for n in grid}
-        again = run_grid(grid, root / "grid", evaluation, progress=False)
+    # spread: the seeds on devices 0 and 1, each run the plain one-device run
+    first = run_grid(grid, root / "grid", evaluation, spread_runs=True, progress=False)
+    stamps = {n: (root / "grid" / n / "metrics.jsonl").stat().st_mtime_ns for n in grid}
+    again = run_grid(grid, root / "grid", evaluation, spread_runs=True, progress=False)
     restamps = {n: (root / "grid" / n / "metrics.jsonl").stat().st_mtime_ns for n in grid}
     return {
         "one": (root / "grid" / "row" / "seed0" / "metrics.jsonl").read_text(),
@@ -217,7 +220,8 @@ def _devices_worker(root: Path) -> dict:
         "grid": {n: (root / "grid" / n / "metrics.jsonl").read_text() for n in grid},
         "grid_same": first == again,
         "grid_untouched": stamps == restamps,
-        "grid_accuracy": [first[n]["accuracy"] for n in grid],
+        "grid_accuracy": [first[n].accuracy for n in grid],
+        "hardware": {"all": hardware(), "one": on_one, "grid": [first[n].hardware for n in grid]},
     }
 
 
@@ -271,6 +275,15 @@ def test_spread_grid_runs_each_seed_and_resumes(four_devices):
     assert seed0 != seed1
     assert out["grid_same"] and out["grid_untouched"]  # the re-run read back, trained nothing
     assert all(0 < a <= 1 for a in out["grid_accuracy"])
+
+
+def test_what_a_run_ran_on_is_recorded(four_devices):
+    """results.json says how many devices trained the run: a spread run one."""
+    _, out = four_devices
+    every, one, grid = (out["hardware"][k] for k in ("all", "one", "grid"))
+    assert (every["platform"], every["devices"], every["processes"]) == ("cpu", 4, 1)
+    assert one["devices"] == 1 and one["jax"] == every["jax"] and every["jaxlib"]
+    assert [h["devices"] for h in grid] == [1, 1]
 
 
 # The two-process run
@@ -340,13 +353,14 @@ def test_only_process_zero_writes(two_processes):
     assert [x for x in resumed[1].stdout.splitlines() if not x.startswith("[Gloo]")] == []
     results = json.loads((workdir / "results.json").read_text())
     assert list(results["scores"]) == ["msp", "jacobian"]
+    assert (results["hardware"]["processes"], results["hardware"]["devices"]) == (2, 2)
 
 
 def test_two_process_jacobian_scores_equal_one_device(two_processes, tmp_path):
     """The exact Jacobian norms of the evaluation, sharded over both processes, give the AUROC
     that single-device evaluation of the same checkpoint gives here."""
     from jacosr.evaluate import EvalConfig, evaluate
-    from jacosr.train import load_run
+    from jacosr.runs import load_run
 
     workdir = tmp_path / "copy"
     shutil.copytree(two_processes[0], workdir)

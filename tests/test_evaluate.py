@@ -19,17 +19,17 @@ from jacosr.evaluate import (
     predict,
     subset_indices,
 )
+from jacosr.geometry import metric_dbi
 from jacosr.losses import LossConfig
 from jacosr.metrics import (
     metric_auroc,
-    metric_dbi,
     metric_fpr_at_tpr,
     metric_macro_f1,
     metric_oscr,
 )
 from jacosr.models import ModelConfig, OpenSetNet, embedding_fn, split_model
+from jacosr.runs import load_run
 from jacosr.scores import SCORES, ScoreConfig, score_loss
-from jacosr.train import load_run
 
 
 @pytest.fixture(scope="module")

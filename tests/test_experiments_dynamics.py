@@ -10,16 +10,16 @@ import numpy as np
 import pytest
 
 from jacosr.data import DataConfig
-from jacosr.dynamics import DYNAMICS_FILE, TrackConfig
 from jacosr.experiments.dynamics import (
     FIGURES,
     SERIES,
     DynamicsConfig,
     format_summary,
     main,
-    variant_name,
 )
-from jacosr.train import TrainConfig, resolve
+from jacosr.recipe import TrainConfig, resolve, run_name
+from jacosr.runs import DYNAMICS as DYNAMICS_FILE
+from jacosr.tracking import TrackConfig
 
 TINY_FLAGS = [
     *("--width", "32", "--embed-dim", "16", "--steps", "30", "--log-every", "10"),
@@ -105,7 +105,7 @@ def test_every_figure_sets_its_techniques_explicitly():
     digits = resolve(TrainConfig())  # no augmentation, no rotation task by default
     cifar = resolve(TrainConfig(data=DataConfig(dataset="cifar10")))  # both on
     names = {
-        figure: {label: variant_name(c) for label, c in spec.variants(digits).items()}
+        figure: {label: run_name(c) for label, c in spec.variants(digits).items()}
         for figure, spec in FIGURES.items()
     }
     assert names["fig4"] == names["fig5"] == {"m-OvR": "movr+W"}
@@ -117,7 +117,7 @@ def test_every_figure_sets_its_techniques_explicitly():
     on = {label: resolve(c) for label, c in FIGURES["fig11"].variants(digits).items()}
     assert on["with rotation task"].self_sup == 0.1
     assert on["with rotation task"].augment == on["without rotation task"].augment == "none"
-    image = [variant_name(c) for c in FIGURES["fig9"].variants(cifar).values()]
+    image = [run_name(c) for c in FIGURES["fig9"].variants(cifar).values()]
     assert image == ["movr+W+S", "movr+W+A+S"]  # the base's rotation task stays on
     assert resolve(FIGURES["fig9"].variants(cifar)["with augmentation"]).augment == "weak"
 

@@ -14,7 +14,8 @@ import jacosr.train
 from jacosr.experiments import heatmap
 from jacosr.experiments.heatmap import HeatmapConfig, main, plane_grid
 from jacosr.models import embedding_fn
-from jacosr.train import init_train_state, load_run
+from jacosr.runs import load_run
+from jacosr.step import init_train_state
 
 RES = 24
 TINY = ["--steps", "100", "--log-every", "20", "--checkpoint-every", "100", "--width", "32"]

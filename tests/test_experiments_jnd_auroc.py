@@ -15,11 +15,10 @@ import pytest
 from helpers import refused
 
 import jacosr.train
+from jacosr import runs as grid
 from jacosr.data import DataConfig, protocol_a_classes
-from jacosr.experiments import grid
-from jacosr.experiments.jnd_auroc import JndAurocConfig, main, training_grid
-from jacosr.plots import plot_grouped_scatter
-from jacosr.train import TrainConfig
+from jacosr.experiments.jnd_auroc import JndAurocConfig, main, plot_grouped_scatter, training_grid
+from jacosr.recipe import TrainConfig
 
 DRAWS = 2
 METHODS = ["Baseline", "m-OvR"]

@@ -15,12 +15,11 @@ import pytest
 from helpers import refused
 
 import jacosr.train
-from jacosr.experiments import grid
-from jacosr.experiments.grid import draw_known_sets
-from jacosr.experiments.known_classes import METRICS, KnownClassesConfig, main
+from jacosr import runs as grid
+from jacosr.data.known_sets import draw_known_sets
+from jacosr.experiments.known_classes import METRICS, KnownClassesConfig, main, plot_paired_series
 from jacosr.models import embedding_apply
-from jacosr.plots import plot_paired_series
-from jacosr.train import load_run
+from jacosr.runs import load_run
 
 KS, DRAWS = [2, 3], 2
 TINY = [

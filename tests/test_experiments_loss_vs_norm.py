@@ -24,7 +24,7 @@ from jacosr.experiments.loss_vs_norm import (
     per_sample,
 )
 from jacosr.models import embedding_fn
-from jacosr.train import load_run
+from jacosr.runs import load_run
 
 SEEDS, CAP = 2, 40
 TINY = ["--steps", "40", "--log-every", "20", "--checkpoint-every", "40", "--width", "32"]

@@ -9,8 +9,8 @@ import pytest
 from helpers import TINY_GRID as TINY
 
 from jacosr.experiments import sensitivity
-from jacosr.plots import plot_sweeps
-from jacosr.train import TrainConfig
+from jacosr.experiments.sensitivity import plot_sweeps
+from jacosr.recipe import TrainConfig
 
 # Every sweep, with the base run (T 32, m 0.5, wd 1e-3, lambda_self 0 on digits) in all four
 # and one other point: the panels of the figure from 2 distinct points x 2 seeds = 4 runs.

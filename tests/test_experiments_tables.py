@@ -9,19 +9,13 @@ import numpy as np
 import pytest
 from helpers import TINY_GRID as TINY
 
+from jacosr import recipe
 from jacosr.config import cli
 from jacosr.data import DataConfig
 from jacosr.experiments import ablation, losses_table
-from jacosr.experiments.grid import (
-    expected_gpu_time,
-    grid_identity,
-    markdown_table,
-    seed_grid,
-    summarise,
-    summarise_columns,
-)
-from jacosr.models import ModelConfig
-from jacosr.train import TrainConfig
+from jacosr.grids import grid_identity, seed_grid
+from jacosr.recipe import TrainConfig, resolve
+from jacosr.tables import markdown_table, summarise_columns, summarise_values
 from jacosr.workdir import WorkdirError
 
 
@@ -147,7 +141,7 @@ PAPER_ROWS = {
 
 @pytest.mark.parametrize("data", [DataConfig(benchmark="cifar10"), DataConfig()])
 def test_the_rows_are_table_iiis(data):
-    base = TrainConfig(data=data)
+    base = resolve(TrainConfig(data=data))
     assert [row.label for row in ablation.ROWS] == list(PAPER_ROWS)
     for row in ablation.ROWS:
         block, loss, margin, wd, augment, self_sup = PAPER_ROWS[row.label]
@@ -158,7 +152,7 @@ def test_the_rows_are_table_iiis(data):
         assert got == (block, loss, margin, wd, augment, self_sup), row.label
         assert c.loss.margin_neg == c.loss.margin_pos
     with pytest.raises(ValueError, match=r"margin m is defined for normalised OvR only"):
-        ablation.ablation_config(ablation.Switches(ovr=True, m=True), base)
+        recipe.ablation_config(recipe.Switches(ovr=True, m=True), base)
     with pytest.raises(ValueError, match=r"--rows must be names out of Baseline, m-OvR, a, b"):
         ablation.AblationConfig(rows=("Baseline", "OvR+m"))
 
@@ -193,20 +187,6 @@ def test_the_papers_average_column():
     assert "Avg." not in ablation.with_average({"r": {"digits": row["0"]}})["r"]
 
 
-def test_expected_gpu_time_from_the_measured_rates():
-    vgg = TrainConfig(model=ModelConfig(backbone="vgg32"), steps=20_000, self_sup=0.0)
-    grid = {"a": vgg, "b": dataclasses.replace(vgg, self_sup=0.1), "c": vgg}
-    # 2 x 20k x 1.7 s/1k + 20k x 2.9 s/1k = 126 s; half the batch, half the time
-    line = expected_gpu_time(grid)
-    assert line.startswith("expected GPU time: 3 runs, 60,000 steps (vgg32 without rotation: ")
-    assert "= 2.1 min of training on one H100" in line
-    half = {k: dataclasses.replace(c, batch_size=64) for k, c in grid.items()}
-    assert "= 1.1 min of training" in expected_gpu_time(half)
-    assert "no H100 measurement for mlp with the rotation task" in expected_gpu_time(
-        {"x": TrainConfig(self_sup=0.1)}
-    )
-
-
 def test_unknown_loss_row_fails_before_training(tmp_path):
     config = losses_table.LossesTableConfig(losses=("sce", "arcface"))
     with pytest.raises(ValueError, match=r"unknown loss 'arcface'"):
@@ -215,11 +195,10 @@ def test_unknown_loss_row_fails_before_training(tmp_path):
 
 
 def test_summary_and_markdown():
-    grid = seed_grid({"a": TrainConfig(), "b": TrainConfig(seed=5)}, 3)
+    grid = seed_grid({"a": resolve(TrainConfig()), "b": resolve(TrainConfig(seed=5))}, 3)
     assert list(grid) == ["a/seed0", "a/seed1", "a/seed2", "b/seed5", "b/seed6", "b/seed7"]
     assert [c.seed for c in grid.values()] == [0, 1, 2, 5, 6, 7]
-    results = {name: {"x": {"y": i}} for i, name in enumerate(grid)}
-    summary = summarise(results, {"Y": ("x", "y")})
+    summary = summarise_values({name: {"Y": i} for i, name in enumerate(grid)})
     assert summary["b"]["Y"] == {"mean": 4.0, "std": 1.0, "values": [3.0, 4.0, 5.0]}
     table = markdown_table(
         summary, row_header="row", labels={"a": ["✓"], "b": [""]}, label_headers=["S"]
@@ -233,12 +212,12 @@ def test_summary_and_markdown():
 
 
 def test_summarise_columns_groups_rows_and_columns():
-    results = {
-        f"{row}/{col}/split{i}": {"x": 10 * r + c + i}
+    values = {
+        f"{row}/{col}/split{i}": {"X": 10 * r + c + i}
         for r, row in enumerate(("A", "B"))
         for c, col in enumerate(("cifar10", "svhn"))
         for i in range(2)
     }
-    table = summarise_columns(results, {"X": ("x",)})
+    table = summarise_columns(summarise_values(values))
     assert list(table) == ["A", "B"] and list(table["B"]) == ["cifar10", "svhn"]
     assert table["B"]["svhn"]["X"] == {"mean": 11.5, "std": np.sqrt(0.5), "values": [11.0, 12.0]}

@@ -14,7 +14,7 @@ from jacosr.experiments import interp
 from jacosr.experiments.interp import InterpConfig, main, sample_path_ends
 from jacosr.jacobian import ESTIMATORS
 from jacosr.models import ModelConfig
-from jacosr.train import TrainConfig
+from jacosr.recipe import TrainConfig
 
 TINY_TRAIN = TrainConfig(
     model=ModelConfig(width=64, embed_dim=32), steps=400, log_every=100, checkpoint_every=200

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from sklearn.metrics import average_precision_score, davies_bouldin_score, roc_auc_score, roc_curve
 
 from jacosr import metrics
+from jacosr.geometry import metric_dbi, metric_inter_class_distance, metric_intra_inter_ratio
 from jacosr.metrics import (
     OPEN_SET_METRICS,
     check_finite_scores,
@@ -24,10 +25,7 @@ from jacosr.metrics import (
     metric_aupr_out,
     metric_auroc,
     metric_correlations,
-    metric_dbi,
     metric_fpr_at_tpr,
-    metric_inter_class_distance,
-    metric_intra_inter_ratio,
     metric_jacobian_norm_difference,
     metric_macro_f1,
     metric_oscr,

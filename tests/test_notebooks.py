@@ -10,9 +10,10 @@ import pytest
 from nbclient import NotebookClient
 
 from jacosr.data import load_open_set
-from jacosr.dynamics import TrackConfig
 from jacosr.models import ModelConfig
-from jacosr.train import TrainConfig, fit
+from jacosr.recipe import TrainConfig
+from jacosr.tracking import TrackConfig
+from jacosr.train import fit
 
 NOTEBOOKS = sorted((Path(__file__).parent.parent / "notebooks").glob("*.ipynb"))
 WIDGET = "application/vnd.jupyter.widget-view+json"

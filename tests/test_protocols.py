@@ -15,8 +15,8 @@ from PIL import Image
 from jacosr.config import cli
 from jacosr.data import DataConfig, load_source
 from jacosr.experiments import ablation, protocol_a, protocol_b
-from jacosr.experiments.grid import split_grid
-from jacosr.train import TrainConfig
+from jacosr.grids import split_grid
+from jacosr.recipe import TrainConfig
 
 PRESETS = Path(__file__).parent.parent / "experiments"
 MODULES = {"protocol_a": protocol_a, "ablation": ablation, "protocol_b": protocol_b}
@@ -87,9 +87,9 @@ def test_table_i_weak_presets_are_the_papers(name, backbone, embed_dim):
         method, benchmark, _ = run_name.split("/")
         assert (run.model.backbone, run.model.embed_dim) == (backbone, embed_dim)
         assert (run.lr, run.lr_min, run.momentum, run.batch_size) == (0.1, 1e-5, 0.9, 128)
-        assert (run.weight_decay, run.augment, run.data.val_fraction) == (1e-3, "auto", 0.0)
+        assert (run.weight_decay, run.augment, run.data.val_fraction) == (1e-3, "weak", 0.0)
         assert run.loss.loss == losses.get(method, "movr")
-        assert run.self_sup == (None if method == "Ours" else 0.0)  # None: the paper's 0.1
+        assert run.self_sup == (0.1 if method == "Ours" else 0.0)  # the paper's lambda_self
         long = method == "Ours" and benchmark == "cifar10"
         assert run.steps == (100_000 if long else 20_000)
 

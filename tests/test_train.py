@@ -24,7 +24,8 @@ import orbax.checkpoint as ocp
 import pytest
 from test_checkpoint import corrupt
 
-from jacosr import train
+from jacosr import runs, train
+from jacosr import step as step_programs
 from jacosr.checkpoint import (
     FAULT_ENV,
     TMP_SUFFIX,
@@ -37,23 +38,16 @@ from jacosr.data import DataConfig, LabelledSource, load_open_set, open_set_spli
 from jacosr.evaluate import EvalConfig, evaluate
 from jacosr.losses import LOSSES, LossConfig, loss_rotation, per_sample_loss
 from jacosr.models import ModelConfig, apply_model
-from jacosr.train import (
-    Every,
-    NonFiniteLossError,
-    ResolvedTrainConfig,
-    TrainConfig,
+from jacosr.recipe import ResolvedTrainConfig, TrainConfig, resolve
+from jacosr.runs import find_runs, load_run
+from jacosr.step import (
     batch_indices,
-    build_model,
-    find_runs,
-    fit,
     init_train_state,
-    load_run,
-    main,
     make_objective,
     make_train_dispatch,
-    resolve,
     rotated_copies,
 )
+from jacosr.train import Every, NonFiniteLossError, fit, main
 from jacosr.workdir import WorkdirBusyError, WorkdirError, open_workdir
 
 TINY = TrainConfig(
@@ -136,11 +130,11 @@ def test_acceptance_digits_movr_2000_steps(digits_run):
     workdir, results = digits_run
     config = TrainConfig(steps=2000)
     assert config.data.known == (0, 1, 2, 3, 4, 5) and config.loss.loss == "movr"
-    assert results["accuracy"] >= 0.97
-    assert results["scores"]["loss"]["auroc"] >= 0.85
+    assert results.accuracy >= 0.97
+    assert results.scores["loss"]["auroc"] >= 0.85
     saved = json.loads((workdir / "results.json").read_text())
     assert saved["split"]["known_classes"] == [0, 1, 2, 3, 4, 5]
-    assert saved["scores"] == results["scores"]
+    assert saved["scores"] == results.scores
     assert saved["config"] == to_dict(resolve(config))
     assert saved["config"]["augment"] == "none" and saved["config"]["self_sup"] == 0.0
     log = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
@@ -191,7 +185,7 @@ def test_log_and_model_do_not_depend_on_how_the_steps_are_dispatched(
         traces.append(1)
         return per_sample_loss(*args, **kwargs)
 
-    monkeypatch.setattr(train, "per_sample_loss", counting)  # called once per trace of a step
+    monkeypatch.setattr(step_programs, "per_sample_loss", counting)  # once per trace of a step
     # Between checkpoints (40 steps) dispatches of 15, 15 and 10 steps: lines of 20 steps span
     # two dispatches, and the reference dispatched all 40 at once.
     _, model = fit(dataclasses.replace(TINY, dispatch_steps=15), data, tmp_path, progress=False)
@@ -216,7 +210,7 @@ def test_a_dispatch_runs_any_number_of_steps_with_at_most_two_programs(data, mon
         traces.append(1)
         return per_sample_loss(*args, **kwargs)
 
-    monkeypatch.setattr(train, "per_sample_loss", counting)  # called once per trace of a step
+    monkeypatch.setattr(step_programs, "per_sample_loss", counting)  # once per trace of a step
     config = resolve(dataclasses.replace(TINY, dispatch_steps=4))
     graphdef, _ = init_train_state(config, data)
     dispatch = make_train_dispatch(graphdef, config, len(data.known_train.y))
@@ -242,7 +236,7 @@ def test_the_seeds_of_a_grid_share_the_compiled_step(data, monkeypatch):
         traces.append(1)
         return per_sample_loss(*args, **kwargs)
 
-    monkeypatch.setattr(train, "per_sample_loss", counting)  # called once per trace of a step
+    monkeypatch.setattr(step_programs, "per_sample_loss", counting)  # once per trace of a step
     config = resolve(dataclasses.replace(TINY, dispatch_steps=3))
     graphdef, _ = init_train_state(config, data)
     x, y = data.known_train.x, data.known_train.y
@@ -285,7 +279,7 @@ def test_different_config_is_refused_unless_overwrite_which_keeps_user_files(tra
 
 def test_a_workdir_held_by_another_run_is_refused(trained, data):
     stamp = (trained / "metrics.jsonl").read_text()
-    config = train.run_identity(resolve(TINY), data)
+    config = runs.run_identity(resolve(TINY), data)
     with open_workdir(trained, config, outputs=()):  # holds the lock, as a running run does
         with pytest.raises(WorkdirBusyError, match=r"in use by another jacosr process"):
             fit(TINY, data, trained, progress=False)
@@ -459,7 +453,7 @@ def test_divergence_names_the_step_and_keeps_last_good_checkpoint(tmp_path):
     with pytest.raises(NonFiniteLossError, match=diverged) as err:
         fit(config, data, tmp_path, progress=False)
     bad_step = int(err.value.args[0].split("step ")[1].split(":")[0])
-    _, template = init_train_state(config, data)
+    _, template = init_train_state(resolve(config), data)
     with CheckpointStore(tmp_path, read_only=True) as store:
         last, state, saved_config, damaged = store.newest_intact(template)
     assert last <= bad_step and f"(step {last})" in err.value.args[0] and not damaged
@@ -501,11 +495,14 @@ def test_cli_trains_each_loss_and_lowers_it(loss, techniques, tmp_path, capsys):
     log = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [20, 40, 60]
     assert log[-1]["loss"] < log[0]["loss"]  # mean loss of steps 41-60 below steps 1-20
-    assert results["config"]["loss"]["loss"] == loss
+    assert results.config["loss"]["loss"] == loss
     if "--augment" not in techniques:  # 60 steps on 8x8 digits shifted by 4 px learn little
-        assert results["accuracy"] > 0.5  # 6 known classes: chance is 1/6
+        assert results.accuracy > 0.5  # 6 known classes: chance is 1/6
     out = capsys.readouterr().out
     assert "closed-set accuracy" in out and "auroc" in out and "openmax" in out
+    # what it ran on: printed before training, recorded in results.json
+    assert f"on 1 cpu device (cpu) in 1 process; jax {jax.__version__}" in out
+    assert results.hardware["devices"] == 1 and results.hardware["jax"] == jax.__version__
 
 
 def test_rotated_copies_match_numpy_rot90():
@@ -539,25 +536,13 @@ def test_a_resolved_config_stays_resolved():
     again = dataclasses.replace(resolved, seed=3)
     assert type(again) is ResolvedTrainConfig and again.augment == "none"
     assert from_dict(ResolvedTrainConfig, to_dict(resolved)) == resolved  # config.json
-    undecided = r"a ResolvedTrainConfig has a concrete augment and self_sup.*jacosr\.train\.resolve"
+    undecided = r"a ResolvedTrainConfig has a concrete augment and self_sup.*recipe\.resolve"
     with pytest.raises(ValueError, match=undecided):
         dataclasses.replace(resolved, augment="auto")
     with pytest.raises(ValueError, match=undecided):
         from_dict(ResolvedTrainConfig, {**to_dict(resolved), "self_sup": None})
     with pytest.raises(TypeError, match=r"missing 2 required keyword-only arguments"):
         ResolvedTrainConfig()
-
-
-def test_the_builders_refuse_a_config_that_is_not_resolved(data):
-    config = TrainConfig(model=ModelConfig(width=32, embed_dim=16))
-    graphdef, _ = init_train_state(config, data)  # an entry point: resolves
-    message = r"{} takes a ResolvedTrainConfig, got a TrainConfig .*: jacosr\.train\.resolve"
-    with pytest.raises(TypeError, match=message.format("build_model")):
-        build_model(config, data, jax.random.key(0))
-    with pytest.raises(TypeError, match=message.format("make_objective")):
-        make_objective(graphdef, config)
-    with pytest.raises(TypeError, match=message.format("make_train_dispatch")):
-        make_train_dispatch(graphdef, config, len(data.known_train.y))
 
 
 def test_every_gives_the_next_boundary():
@@ -632,13 +617,13 @@ def test_results_only_grow_and_a_covered_run_is_read_back(trained, monkeypatch):
         first = train.run(TINY, trained, EvalConfig(scores=("loss",)), progress=False)
         both = train.run(TINY, trained, EvalConfig(scores=("msp",)), progress=False)
     assert not [w for w in caught if "settings" in str(w.message)]  # same settings: rows kept
-    assert list(first["scores"]) == ["loss"] and first["eval"]["scores"] == ["loss"]
-    assert list(both["scores"]) == ["loss", "msp"] and both["eval"]["scores"] == ["loss", "msp"]
-    assert both["scores"]["loss"] == first["scores"]["loss"]  # kept, not dropped
+    assert list(first.scores) == ["loss"] and first.eval["scores"] == ["loss"]
+    assert list(both.scores) == ["loss", "msp"] and both.eval["scores"] == ["loss", "msp"]
+    assert both.scores["loss"] == first.scores["loss"]  # kept, not dropped
     config, data, graphdef, model = load_run(trained)
     alone = evaluate(graphdef, model, data, config.loss, EvalConfig(scores=("msp",)))
-    assert both["scores"]["msp"] == alone["scores"]["msp"]
-    assert json.loads((trained / "results.json").read_text()) == both
+    assert both.scores["msp"] == alone["scores"]["msp"]
+    assert json.loads((trained / "results.json").read_text()) == both.to_json()
     # every score asked for is there: read back, nothing trained, evaluated or written
     stamp = (trained / "results.json").stat().st_mtime_ns
     monkeypatch.setattr(train, "evaluate", _no_evaluation)
@@ -656,10 +641,10 @@ def test_other_evaluation_settings_evaluate_every_row_again(trained):
         r"them again under the new ones \(loss, msp\)",
     ):
         results = train.run(TINY, trained, changed, progress=False)
-    assert results["eval"]["reject_rate"] == 0.3 and list(results["scores"]) == ["loss", "msp"]
+    assert results.eval["reject_rate"] == 0.3 and list(results.scores) == ["loss", "msp"]
     config, data, graphdef, model = load_run(trained)
     expected = evaluate(graphdef, model, data, config.loss, EvalConfig(("loss", "msp"), 0.3))
-    assert results["scores"] == expected["scores"]
+    assert results.scores == expected["scores"]
 
 
 def test_load_run_at_a_step_without_the_data_set(trained, monkeypatch):

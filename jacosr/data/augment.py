@@ -18,11 +18,9 @@ registry ``AUGMENTATIONS`` (:func:`get_augmentation` lists the valid names on a 
   random-resized crop throws away most of an image. For 1-channel images saturation is a no-op.
 
 Flips are part of the paper's weak augmentation ("image flipping and translation", Sec. VI-A),
-but handwritten digits are not flip-invariant (a flipped 2 or 5 is no digit). ARPL's MNIST loader
-does not flip (it does not augment MNIST at all; its CIFAR, SVHN and TinyImageNet loaders crop and
-flip). :func:`paper_augmentation` names the paper's weak augmentation for a source: ``translate``
-for the handwritten digits of ``DIGIT_SOURCES``, ``weak`` otherwise (SVHN's house numbers are
-flipped, as ARPL does).
+but handwritten digits are not flip-invariant (a flipped 2 or 5 is no digit): which
+augmentation is the paper's for a data set is :func:`jacosr.data.paper_augmentation`'s call
+(``translate`` where a flip changes the class).
 """
 
 from __future__ import annotations
@@ -140,9 +138,6 @@ AUGMENTATIONS: dict[str, Augmentation] = {
     "strong": augment_strong,
 }
 
-DIGIT_SOURCES = frozenset({"mnist", "digits"})
-"""Sources of handwritten digits, which a horizontal flip does not preserve."""
-
 
 def get_augmentation(name: str) -> Augmentation:
     """The augmentation ``name`` from ``AUGMENTATIONS``; an unknown name lists the valid ones."""
@@ -151,10 +146,3 @@ def get_augmentation(name: str) -> Augmentation:
             f"unknown augmentation {name!r}; valid augmentations are: {', '.join(AUGMENTATIONS)}"
         )
     return AUGMENTATIONS[name]
-
-
-def paper_augmentation(source: str) -> str:
-    """The name of the paper's weak augmentation for the images of ``source`` (a
-    ``jacosr.data.SOURCES`` name): ``translate`` for handwritten digits (``DIGIT_SOURCES``:
-    a flip does not preserve them, and ARPL's MNIST loader does not flip), else ``weak``."""
-    return "translate" if source in DIGIT_SOURCES else "weak"

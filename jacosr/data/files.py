@@ -4,11 +4,11 @@ folders of images, MNIST/Fashion-MNIST idx files, the CIFAR-10/100 python pickle
 
 Two routes, one per use:
 
-- In Python, :func:`source_from_arrays` (arrays in memory) or :func:`read_files` (files on
-  disk) gives a :class:`LabelledSource`; :func:`jacosr.data.open_set_split` makes it the
-  :class:`OpenSetData` that :func:`jacosr.train.fit` trains on.
+- In Python, :func:`jacosr.data.source_from_arrays` (arrays in memory) or :func:`read_files`
+  (files on disk) gives a :class:`LabelledSource`; :func:`jacosr.data.open_set_split` makes it the
+  :class:`~jacosr.data.OpenSetData` that :func:`jacosr.train.fit` trains on.
 - A named data set, for the command line and for runs that read their data again
-  (``jacosr.train.run``, ``load_run``, every experiment):
+  (:func:`jacosr.train.run`, :func:`jacosr.runs.load_run`, every experiment):
   ``python -m jacosr.data.prepare NAME --from PATH`` (:func:`jacosr.data.prepare.prepare`, which
   also takes a source made from arrays) reads the files once into the uint8 cache
   ``<data_dir>/cache/NAME.npz``; ``--dataset NAME`` then trains on it. Under a standard name
@@ -39,10 +39,10 @@ and up to two folder levels below it, so the folder torchvision downloaded into 
                 else RGB. Images of different sizes need ``image_size``
 
 Every reader gives uint8 ``[N, H, W, C]`` images and int32 labels, checked by
-:func:`source_from_arrays`; ``image_size`` resizes the result (:func:`jacosr.data.resize_source`;
-image folders crop each image to a centred square first). A file that is not what its name says
-(a truncated idx file or .npz, a pickle that is not CIFAR's, a damaged image) is a
-``ValueError`` naming the file and what is wrong with it.
+:func:`jacosr.data.arrays.source_from_arrays`; ``image_size`` resizes the result
+(:func:`jacosr.data.resize_source`; image folders crop each image to a centred square first).
+A file that is not what its name says (a truncated idx file or .npz, a pickle that is not
+CIFAR's, a damaged image) is a ``ValueError`` naming the file and what is wrong with it.
 
 The CIFAR files are pickles, and loading a pickle can run any code it names. They are read with
 an unpickler that builds dicts, lists, strings, numbers and NumPy arrays only (all that CIFAR's
@@ -64,119 +64,12 @@ from typing import NamedTuple
 
 import numpy as np
 
+from jacosr.data.arrays import labels_of, source_from_arrays
 from jacosr.data.folders import IMAGE_SUFFIXES, decode_images, open_image
 from jacosr.data.labelled import CACHE_ERRORS, LabelledSource, resize_source
 
 SEARCH_DEPTH = 2
 """How many folder levels below PATH ``format="auto"`` looks for a format's files."""
-
-
-def _labels(y, what: str) -> np.ndarray:
-    y = np.asarray(y)
-    if y.ndim == 2 and y.shape[1] == 1:
-        y = y[:, 0]
-    if y.ndim != 1 or not (np.issubdtype(y.dtype, np.integer) or y.size == 0):
-        raise ValueError(
-            f"{what} must be integer class indices [N], got {y.dtype}{list(y.shape)}"
-            + (
-                "; for whole numbers stored as floats pass y.astype(np.int64)"
-                if np.issubdtype(y.dtype, np.floating)
-                else ""
-            )
-        )
-    if y.size and y.min() < 0:
-        raise ValueError(f"{what} holds the negative class index {int(y.min())}")
-    # Checked before the cast, which would wrap a larger label into another class.
-    if y.size and y.max() > np.iinfo(np.int32).max:
-        raise ValueError(
-            f"{what} holds the class index {int(y.max())}, beyond the int32 labels jacosr "
-            "keeps; number the classes 0..K-1"
-        )
-    return y.astype(np.int32)
-
-
-def _images(x, what: str) -> np.ndarray:
-    x = np.asarray(x)
-    if x.ndim == 3:
-        x = x[..., None]
-    if x.ndim != 4:
-        raise ValueError(
-            f"{what} must be images [N, H, W, C] or greyscale [N, H, W], got shape {list(x.shape)}"
-        )
-    if x.dtype == np.uint8:
-        return x
-    if np.issubdtype(x.dtype, np.integer) and (x.size == 0 or 0 <= x.min() <= x.max() <= 255):
-        return x.astype(np.uint8)
-    raise ValueError(
-        f"{what} must be uint8 images in [0, 255], got {x.dtype}"
-        + (
-            "; for floats in [0, 1] pass (x * 255).round().astype(np.uint8)"
-            if np.issubdtype(x.dtype, np.floating)
-            else ""
-        )
-    )
-
-
-def source_from_arrays(
-    name: str,
-    train_x,
-    train_y,
-    test_x,
-    test_y,
-    *,
-    num_classes: int | None = None,
-    class_names: tuple[str, ...] | list[str] | None = None,
-) -> LabelledSource:
-    """A :class:`LabelledSource` from arrays (NumPy, or anything ``np.asarray`` takes).
-
-    ``train_x, test_x``: ``[N, H, W, C]`` or greyscale ``[N, H, W]`` uint8 in [0, 255] (integer
-    arrays within 0..255 are converted); an empty train partition (``N = 0``) makes a test-only
-    source, for unknowns. ``train_y, test_y``: ``[N]`` (or ``[N, 1]``) integer class indices
-    in 0..2**31-1 (checked before they become int32). ``num_classes``: default the largest
-    label + 1, and then every class 0..K-1 must have an image (1-based or sparse labels are
-    refused rather than guessed at; give ``num_classes`` for classes without images).
-    ``class_names``: one per class, or None. Raises ``ValueError`` naming the array and what is
-    wrong with it.
-    """
-    train_x, test_x = _images(train_x, "train_x"), _images(test_x, "test_x")
-    train_y, test_y = _labels(train_y, "train_y"), _labels(test_y, "test_y")
-    for part, x, y in (("train", train_x, train_y), ("test", test_x, test_y)):
-        if len(x) != len(y):
-            raise ValueError(f"{part}_x holds {len(x)} images but {part}_y {len(y)} labels")
-    if len(test_y) == 0:
-        raise ValueError("the test partition holds no images (test_x is empty)")
-    if len(train_y) and train_x.shape[1:] != test_x.shape[1:]:
-        raise ValueError(
-            f"train images are {'x'.join(map(str, train_x.shape[1:]))} but test images "
-            f"{'x'.join(map(str, test_x.shape[1:]))}; they must have one shape"
-        )
-    largest = int(max(train_y.max(initial=0), test_y.max(initial=0)))
-    if num_classes is None:
-        _check_dense(np.unique(np.concatenate([train_y, test_y])))
-    num_classes = largest + 1 if num_classes is None else int(num_classes)
-    if num_classes <= largest:
-        raise ValueError(f"num_classes is {num_classes}, but a label is {largest}")
-    if class_names is not None:
-        class_names = tuple(str(c) for c in class_names)
-        if len(class_names) != num_classes:
-            raise ValueError(f"{len(class_names)} class names for {num_classes} classes")
-    return LabelledSource(name, train_x, train_y, test_x, test_y, num_classes, class_names)
-
-
-def _check_dense(labels: np.ndarray) -> None:
-    """Refuse sorted distinct ``labels`` that leave a class of 0..max without images: the
-    number of classes is then guessed as max + 1, and 1-based or sparse labels would make
-    classes no image has (a range of empty classes, for labels such as 10**9)."""
-    gaps = np.flatnonzero(labels != np.arange(len(labels)))
-    if len(gaps):
-        largest = int(labels[-1])
-        raise ValueError(
-            f"the labels are {len(labels)} distinct values from {int(labels[0])} to {largest}, "
-            f"which leaves {largest + 1 - len(labels)} of the classes 0..{largest} without images "
-            f"(class {gaps[0]} first); number the classes 0..K-1 (np.searchsorted("
-            "classes, y) does, with classes the np.unique of the train and test labels "
-            "together), or give num_classes to keep classes without images"
-        )
 
 
 def _source_from_file(path: Path, name: str, *arrays, **kwargs) -> LabelledSource:
@@ -377,7 +270,7 @@ def _cifar_batch(path: Path, label_key: str) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(
             f"{path}: data is {data.dtype}{list(data.shape)}, expected uint8 [N, 3072]"
         )
-    labels = _labels(batch[label_key], f"{path}: {label_key}")
+    labels = labels_of(batch[label_key], f"{path}: {label_key}")
     if len(labels) != len(data):
         raise ValueError(f"{path} holds {len(data)} images but {len(labels)} {label_key}")
     # Each row holds the red, green and blue planes of a 32x32 image, each row-major.

@@ -39,6 +39,10 @@ class LabelledSource:
       num_classes: number of classes of the source.
       class_names: the name of each class index, when the files name them (CIFAR's meta files,
         the folders of an image folder); None otherwise.
+      flips: whether a horizontal flip keeps an image in its class (False for handwritten
+        digits: a flipped 2 is no digit); the paper's weak augmentation flips only where it
+        does (:func:`jacosr.data.paper_augmentation`). Recorded in a data set of your own's
+        cache (``prepare --no-flip``).
 
     An out-of-distribution test set (Protocol B) has an empty train partition (``N = 0``) and a
     single class 0.
@@ -51,6 +55,7 @@ class LabelledSource:
     test_y: np.ndarray
     num_classes: int
     class_names: tuple[str, ...] | None = None
+    flips: bool = True
 
 
 class DataNotPreparedError(FileNotFoundError):
@@ -89,6 +94,7 @@ def save_cache(source: LabelledSource, path: Path) -> None:
                 num_classes=np.int64(source.num_classes),
                 **{k: getattr(source, k) for k in _ARRAYS},
                 **({} if source.class_names is None else {"class_names": source.class_names}),
+                flips=np.bool_(source.flips),
             )
         os.replace(tmp, path)
     finally:
@@ -136,10 +142,18 @@ def load_cache(path: Path, name: str) -> LabelledSource | None:
         num_classes = int(z["num_classes"])
         arrays = {k: z[k] for k in _ARRAYS}
         names = tuple(str(c) for c in z["class_names"]) if "class_names" in z else None
+        flips = bool(z["flips"]) if "flips" in z else True  # a cache older than the record
     _check_cache(arrays, num_classes)
     if names is not None and len(names) != num_classes:
         raise ValueError(f"{len(names)} class names for {num_classes} classes")
-    return LabelledSource(name, num_classes=num_classes, class_names=names, **arrays)
+    return LabelledSource(name, num_classes=num_classes, class_names=names, flips=flips, **arrays)
+
+
+def cached_flips(path: Path) -> bool:
+    """Whether the cache at ``path`` records that flips keep its images' classes (True when it
+    records nothing: a cache older than the record); reads that one entry."""
+    with np.load(path, allow_pickle=False) as z:
+        return bool(z["flips"]) if "flips" in z else True
 
 
 def cached_source(

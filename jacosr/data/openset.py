@@ -11,9 +11,9 @@ from typing import NamedTuple
 import jax.numpy as jnp
 import numpy as np
 
-from jacosr.data.config import DataConfig
+from jacosr.data.data_config import DataConfig
 from jacosr.data.labelled import LabelledSource, resize_source
-from jacosr.data.sources import load_source
+from jacosr.data.sources import check_source, load_source
 from jacosr.data.splits import resolve_benchmark
 
 __all__ = [
@@ -78,7 +78,7 @@ class OpenSetData:
     @functools.cached_property
     def fingerprints(self) -> dict[str, str]:
         """SHA-256 of each split's arrays (:func:`split_sha256`), by split name; computed once
-        per object (about 0.2 s for CIFAR-10 on one core)."""
+        per object (hashing an image data set's arrays is not free)."""
         return {name: split_sha256(getattr(self, name)) for name in SPLITS}
 
     def describe(self) -> dict:
@@ -101,7 +101,7 @@ class OpenSetData:
     def training_identity(self) -> dict:
         """What a model trained on these data depends on, JSON-serialisable: the known source
         and classes (in label order), the image shape and dtype, and the size and SHA-256 of
-        known-train. A run records it (:func:`jacosr.train.run_identity`) and refuses to
+        known-train. A run records it (:func:`jacosr.runs.run_identity`) and refuses to
         resume on data with another one. The test splits are not part of it: evaluating a
         trained model on other test data is not another run (they are in :meth:`describe`)."""
         return {
@@ -291,6 +291,21 @@ def open_set_split(
                 f"unknown classes {list(unknown)} is empty; {hint}"
             )
     return data
+
+
+def check_available(config: object) -> None:
+    """Refuse ``config`` (a :class:`DataConfig`, or any config dataclass holding some, e.g. an
+    experiment's) when one of its data sets is neither built in nor prepared
+    (:func:`jacosr.data.sources.check_source`: the message says how to prepare it). Reads no
+    data; the command lines call it before they write anything."""
+    if isinstance(config, DataConfig):
+        resolved = resolve_benchmark(config)
+        for name in (resolved.dataset, resolved.unknown_dataset):
+            if name is not None:
+                check_source(name, resolved.data_dir)
+    elif dataclasses.is_dataclass(config):
+        for f in dataclasses.fields(config):
+            check_available(getattr(config, f.name))
 
 
 def load_open_set(config: DataConfig) -> OpenSetData:

@@ -5,6 +5,7 @@
     python -m jacosr.data.prepare tinyimagenet lsun_crop --force
     python -m jacosr.data.prepare mnist --from ~/data/MNIST/raw
     python -m jacosr.data.prepare my-flowers --from ~/data/flowers --image-size 64
+    python -m jacosr.data.prepare my-digits --from ~/data/digits.npz --no-flip
     python -m jacosr.train --dataset my-flowers --known 0 1 2 --workdir runs/flowers
 
 Three routes, each ending in the uint8 cache ``<data_dir>/cache/<name>.npz`` that training
@@ -26,17 +27,21 @@ reads:
   set: ``--dataset NAME`` trains on it, ``--known`` and ``--unknown`` pick its classes by
   index (printed here, with their names when the files have them).
 
+A data set of your own whose images a horizontal flip moves to another class (handwritten
+digits, letters) is prepared with ``--no-flip``: the cache records it, and the paper's weak
+augmentation then shifts its images without flipping them
+(:func:`jacosr.data.paper_augmentation`; the built-in mnist and digits are known to jacosr).
+
 A data set prepared already is left as it is: ``--force`` rebuilds it; with ``--from``, files
 that differ from the cached ones are refused unless ``--force``, since a run trained on the old
 data refuses to resume on new ones (the data are part of its identity, see
-:mod:`jacosr.train`). Runtime: seconds for the small sets to tens of minutes for ImageNet 32x32
-(download and TFDS build excluded), on 2 CPU cores.
+:func:`jacosr.runs.run_identity`). Runtime: README, "Data".
 """
 
 from __future__ import annotations
 
 import shlex
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -44,7 +49,8 @@ import numpy as np
 import tyro
 
 from jacosr.config import cli, run_command
-from jacosr.data.files import FORMATS, STANDARD, read_files, source_from_arrays
+from jacosr.data.arrays import source_from_arrays
+from jacosr.data.files import FORMATS, STANDARD, read_files
 from jacosr.data.labelled import (
     CACHE_ERRORS,
     DEFAULT_DATA_DIR,
@@ -61,6 +67,7 @@ from jacosr.data.sources import (
     is_own_name,
     is_prepared,
     load_source,
+    paper_augmentation,
 )
 from jacosr.data.tfds_sources import TFDS_NAMES, build_tfds
 
@@ -86,6 +93,10 @@ class PrepareArgs:
         class folder are cropped to a centred square first, so they may differ in size).
       data_dir: jacosr's data directory (TFDS files in tfds/, caches in cache/).
       force: rebuild the cache even if one exists (with --from: replace it by these files).
+      no_flip: with --from, a data set of your own whose images a horizontal flip moves to
+        another class (handwritten digits or letters, text): recorded with the cache, so the
+        paper's augmentation (--augment auto, the ablation's A) shifts them without flipping.
+        jacosr cannot tell this from the images.
     """
 
     names: Annotated[
@@ -96,6 +107,7 @@ class PrepareArgs:
     image_size: int | None = None
     data_dir: Path = field(default_factory=lambda: DEFAULT_DATA_DIR)
     force: bool = False
+    no_flip: bool = False
 
 
 def _check_standard(name: str, source: LabelledSource, origin: str) -> None:
@@ -118,6 +130,10 @@ def _same(a: LabelledSource, b: LabelledSource) -> bool:
     )
 
 
+def _flipping(source: LabelledSource) -> str:
+    return "as images a flip keeps in their class" if source.flips else "with --no-flip"
+
+
 def _prepare_from(
     name: str,
     data_dir: Path | None,
@@ -125,6 +141,7 @@ def _prepare_from(
     format: str,
     image_size: int | None,
     force: bool,
+    flips: bool,
 ) -> Path:
     if name in SOURCES and name not in STANDARD:
         raise ValueError(
@@ -136,6 +153,11 @@ def _prepare_from(
         raise ValueError(
             f"{name!r} cannot name a data set: use letters, digits, '.', '_', '+' and '-' "
             "(and not the name of a built-in data set)"
+        )
+    if name in STANDARD and not flips:
+        raise ValueError(
+            f"--no-flip is for data sets of your own: jacosr knows whether a flip keeps the "
+            f"classes of {name} (augmentation: {paper_augmentation(name)})"
         )
     if isinstance(source, LabelledSource):
         if format != "auto":
@@ -152,6 +174,7 @@ def _prepare_from(
         )
     else:
         new = read_files(source, format, name=name, image_size=image_size)
+    new = replace(new, flips=flips)
     if name in STANDARD:
         _check_standard(
             name, new, "the source" if isinstance(source, LabelledSource) else str(source)
@@ -162,8 +185,14 @@ def _prepare_from(
     except CACHE_ERRORS:
         old = None  # unreadable: replaced
     if old is not None and not force:
-        if _same(old, new):
+        if _same(old, new) and old.flips == new.flips:
             return path
+        if _same(old, new):
+            raise ValueError(
+                f"{path} holds these data, prepared {_flipping(old)}; pass --force to prepare "
+                f"them {_flipping(new)} (runs whose --augment auto chose by the old record "
+                "then refuse to resume)"
+            )
         raise ValueError(
             f"{path} holds other data under the name {name!r} already; pass --force to replace "
             "them (runs trained on the old data then refuse to resume), or choose another name"
@@ -180,20 +209,25 @@ def prepare(
     format: str = "auto",
     image_size: int | None = None,
     force: bool = False,
+    flips: bool = True,
 ) -> Path:
     """Make the data set ``name`` loadable offline; returns its cache file.
 
     ``source``: None, the built-in route (TFDS download, or the folder unpacked into
     ``data_dir``); a path, your own files (read by :func:`jacosr.data.files.read_files` in
     ``format``, resized to ``image_size``); or a :class:`LabelledSource`, e.g. from
-    :func:`jacosr.data.files.source_from_arrays`. See the module docstring for the names.
+    :func:`jacosr.data.source_from_arrays`. See the module docstring for the names.
+    ``flips=False`` (``--no-flip``) records, for a data set of your own, that a horizontal flip
+    moves its images to another class (:func:`jacosr.data.paper_augmentation`).
     """
     if source is not None:
         if isinstance(source, str):
             source = Path(source)
-        return _prepare_from(name, data_dir, source, format, image_size, force)
-    if format != "auto" or image_size is not None:
-        raise ValueError("--format and --image-size apply to your own files: pass --from PATH")
+        return _prepare_from(name, data_dir, source, format, image_size, force, flips)
+    if format != "auto" or image_size is not None or not flips:
+        raise ValueError(
+            "--format, --image-size and --no-flip apply to your own files: pass --from PATH"
+        )
     if is_prepared(name, data_dir) and not force:
         return cache_path(data_dir, name)  # a data set of your own, prepared already
     if name not in PREPARED_SOURCES:
@@ -227,7 +261,11 @@ def describe_source(source: LabelledSource) -> str:
     if source.class_names is not None:
         named = [f"{i} {n}" for i, n in enumerate(source.class_names)]
         classes += ": " + ", ".join(named[:20]) + (", ..." if len(named) > 20 else "")
-    return f"{len(source.train_y)} train and {len(source.test_y)} test images of {shape}, {classes}"
+    flips = "" if source.flips else "; not flipped by the augmentation (--no-flip)"
+    return (
+        f"{len(source.train_y)} train and {len(source.test_y)} test images of {shape}, "
+        f"{classes}{flips}"
+    )
 
 
 def main(args: list[str] | None = None) -> list[Path]:
@@ -258,6 +296,7 @@ def main(args: list[str] | None = None) -> list[Path]:
             format=parsed.format,
             image_size=parsed.image_size,
             force=parsed.force,
+            flips=not parsed.no_flip,
         )
         paths.append(path)
         print(f"{name}: ready, cached in {path}")

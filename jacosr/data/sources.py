@@ -42,6 +42,7 @@ from jacosr.data.labelled import (
     DataNotPreparedError,
     LabelledSource,
     cache_path,
+    cached_flips,
     cached_source,
     load_cache,
     prepare_command,
@@ -158,8 +159,9 @@ def _no_own_source(name: str, data_dir: Path | None) -> DataNotPreparedError:
     command = prepare_command(name, data_dir, from_files=True)
     return DataNotPreparedError(
         f"there is no data set {name!r} in {Path(data_dir or DEFAULT_DATA_DIR)}: it is not "
-        f"built in, and {cache_path(data_dir, name)} does not exist; to bring your own files "
-        f"under that name run `{command}` (see python -m jacosr.data.prepare --help)"
+        f"built in ({', '.join(sorted(SOURCES))}), and {cache_path(data_dir, name)} does not "
+        f"exist; to bring your own files under that name run `{command}` (see python -m "
+        "jacosr.data.prepare --help)"
     )
 
 
@@ -181,14 +183,47 @@ def source_own(name: str, data_dir: Path | None = None) -> LabelledSource:
     return source
 
 
+FLIP_VARIANT = frozenset({"mnist", "digits"})
+"""Built-in sources of handwritten digits, whose class a horizontal flip changes (a flipped 2
+is no digit; ARPL's MNIST loader does not flip)."""
+
+
+def paper_augmentation(name: str, data_dir: Path | None = None) -> str:
+    """The name of the paper's weak augmentation for the images of the data set ``name``:
+    ``translate`` (the 4 px shift without the flip) where a flip changes an image's class,
+    the handwritten digits of :data:`FLIP_VARIANT` and a data set of your own prepared with
+    ``--no-flip`` (its cache records it: jacosr cannot tell from the images), else ``weak``
+    (SVHN's house numbers are flipped, as ARPL does)."""
+    if name in SOURCES:
+        flips = name not in FLIP_VARIANT
+    else:
+        try:
+            flips = not is_prepared(name, data_dir) or cached_flips(cache_path(data_dir, name))
+        except CACHE_ERRORS:
+            flips = True  # unreadable: loading it says so
+    return "weak" if flips else "translate"
+
+
+def check_source(name: str, data_dir: Path | None = None) -> None:
+    """Refuse ``name`` unless it is a built-in source (``SOURCES``; whether a prepared one
+    has its files is found when it is loaded) or a data set of the user's own prepared in
+    ``data_dir``, with the message that says how to prepare it. Reads no data: the command
+    lines call it before they write anything."""
+    if name in SOURCES:
+        return
+    if not is_own_name(name):
+        raise ValueError(
+            f"unknown data set {name!r}; built-in data sets are: {', '.join(sorted(SOURCES))}; "
+            "a data set of your own is named by letters, digits, '.', '_', '+' and '-'"
+        )
+    if not is_prepared(name, data_dir):
+        raise _no_own_source(name, data_dir)
+
+
 def load_source(name: str, data_dir: Path | None = None) -> LabelledSource:
     """Load the source ``name``: a built-in one (``SOURCES``) or one prepared from the user's
-    files (:func:`source_own`); any other name lists the valid ones."""
+    files (:func:`source_own`); any other name is refused by :func:`check_source`."""
+    check_source(name, data_dir)
     if name in SOURCES:
         return SOURCES[name](data_dir)
-    if is_own_name(name):
-        return source_own(name, data_dir)
-    raise ValueError(
-        f"unknown data set {name!r}; built-in data sets are: {', '.join(sorted(SOURCES))}; a "
-        "data set of your own is named by letters, digits, '.', '_', '+' and '-'"
-    )
+    return source_own(name, data_dir)

@@ -6,32 +6,37 @@ the five standard splits of each benchmark (or over seeds on digits).
     python -m jacosr.experiments.ablation --benchmarks cifar10 cifar+10 cifar+50 svhn \
         tinyimagenet --backbone wrn16_4 --embed-dim 256 --steps 20000   # the paper's (a GPU job)
 
-Runtime on 2 CPU cores: the default (70 runs of the digits MLP, 2000 steps each) took 714 s
-wall and 525 s of CPU (512 s user + 12 s system) while other jobs shared the cores (load
-average 3.9-8.1); rows with the rotation task cost about twice as much. ``--seeds 2 --steps
-500`` is a check of a few minutes. ``experiments/table3_ablation_wrn16_4.sh`` is the paper's
-setting (WRN-16-4, 20k steps, five benchmarks x five splits: 350 runs, 8.8 h of training on
-one H100 from the measured throughput; the command prints its estimate before it trains).
-Runs live in ``<workdir>/runs/<row>/<column>/<replicate>`` (``split<i>`` on benchmarks,
-``split<i>-seed<s>`` with --seeds, ``seed<s>`` on digits, named by the seed); re-running reads
-back finished runs and resumes the others. The workdir's identity (``config.json``) leaves out
---rows, --benchmarks, --splits and --seeds, which only choose the runs: asking for more adds
-runs beside the finished ones.
+The default trains 70 runs of the digits MLP (14 rows x 5 seeds, 2000 steps each); a row with the
+rotation task passes twice the images per step. ``--seeds 2 --steps 500`` is a quick check.
+``experiments/table3_ablation_wrn16_4.sh`` is the paper's setting (WRN-16-4, 20k steps, five
+benchmarks x five splits: 350 runs). The command prints the grid's size before it trains
+(``grid: 70 runs, ...``); ``python benchmarks/gpu_cost.py ablation <the same flags>`` prints its
+expected time on one H100. Runtimes: experiments/README.md. Runs live in
+``<workdir>/runs/<row>/<column>/<replicate>`` (``split<i>`` on benchmarks, ``split<i>-seed<s>`` with
+--seeds, ``seed<s>`` on digits, named by the seed); re-running reads back finished runs and resumes
+the others. The workdir's identity (``config.json``) leaves out --rows, --benchmarks, --splits and
+--seeds, which only choose the runs: asking for more adds runs beside the finished ones.
 
-The switches are Table III's columns; a row is the set that is on (:func:`ablation_config`
-maps it to a :class:`~jacosr.train.TrainConfig`; "SCE substitutes in the absence of m-OvR"):
+The switches are Table III's columns; a row is the set that is on
+(:func:`jacosr.recipe.ablation_config` maps it to a :class:`~jacosr.recipe.ResolvedTrainConfig`;
+"SCE substitutes in the absence of m-OvR"):
 
 * OvR x N: the loss. Neither: SCE. N: N-SCE (softmax on scaled cosines). OvR: DOC
   (one-vs-rest sigmoids on linear logits). OvR + N: normalised one-vs-rest, ``movr``.
 * m: the angular margins 0.5 of m-OvR (Eq. 24); needs OvR and N (``movr`` with margins 0
   without it).
-* W: weight decay 1e-3 (else 0).
-* A: the paper's weak augmentation for the data (4 px translation and horizontal flip;
-  translation only on handwritten digits, MNIST and digits; else none).
+* W, A, S: switched by :func:`jacosr.recipe.switch_techniques`, the rule the dynamics
+  figures and the sensitivity sweeps share: on is the base run's own value where it has the
+  technique on, else the paper's for the data set (:func:`jacosr.recipe.paper_techniques`);
+  off is 0 or ``none``.
+* W: weight decay, the paper's 1e-3 (else 0).
+* A: the paper's weak augmentation for the data (4 px translation and horizontal flip; the
+  translation alone, ``translate``, on handwritten digits (digits, mnist) and on data sets of
+  your own prepared with ``--no-flip``; else none).
 * S: the self-supervised rotation task with lambda_self 0.1 (else off).
 
-The rows (:data:`ROWS`), labelled and grouped as in the paper: Baseline (SCE) and m-OvR
-(OvR+N+m); "one out": a (no OvR: N-SCE with W, A, S), b (no N: OvR with W, A, S, and no m,
+The rows (:data:`jacosr.recipe.ROWS`), labelled and grouped as in the paper: Baseline (SCE) and
+m-OvR (OvR+N+m); "one out": a (no OvR: N-SCE with W, A, S), b (no N: OvR with W, A, S, and no m,
 which needs unit vectors), c (no W), d (no A); "w/o A+S": e (SCE+W), f (N-SCE+W), g
 (m-OvR+W); "w/o S": h (SCE+W+A), i (N-SCE+W+A), j (m-OvR+W+A, which is also the one-out row
 without S: "the third block ('one out') ... along with the model-j compares each component by
@@ -48,11 +53,9 @@ paper's CIFAR setting.
 
 What to expect: in the paper (WRN-16-4, Protocol A) every block says one thing: m-OvR beats
 SCE without any technique (Avg. AUROC 83.9 vs 80.7), each one-out row and k fall below Ours
-(90.9), and with A and W (j, 89.6) m-OvR gains more than SCE (h, 87.5) or N-SCE (i, 86.9). On
-digits (measured, 5 seeds) the loss rows agree (m-OvR 0.966 vs SCE 0.715 without
-techniques), but W alone lifts SCE to 0.981 (e), A lowers SCE and m-OvR (h 0.911, j 0.927;
-a 4 px shift is half an 8x8 image) and S changes little (Ours 0.922): that measures digits,
-not the paper's CIFAR setting.
+(90.9), and with A and W (j, 89.6) m-OvR gains more than SCE (h, 87.5) or N-SCE (i, 86.9).
+What the default measures on digits, and where it departs from the paper, is in the README
+("Table III on digits").
 
 Writes ``table.md`` with two tables: the paper's layout (per row its block and switches, the
 AUROC of the loss score (Eq. 22, margin kept) per benchmark or data set, mean ± std, and with
@@ -64,33 +67,34 @@ replicates as dots), from which the effect of each switch reads off row by row.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 
 from jacosr.config import require, to_dict
 from jacosr.data import DataConfig
-from jacosr.data.augment import paper_augmentation
-from jacosr.data.splits import resolve_benchmark
 from jacosr.evaluate import EvalConfig
 from jacosr.experiments.command import Command
-from jacosr.experiments.grid import (
+from jacosr.grids import grid_identity, print_grid, run_grid, seed_grid, split_grid
+from jacosr.plots import plot_row_bars
+from jacosr.recipe import (
+    ROWS,
+    SWITCH_LABELS,
+    ResolvedTrainConfig,
+    Row,
+    TrainConfig,
+    ablation_config,
+    resolve,
+)
+from jacosr.tables import (
     TABLE_FILES,
-    grid_identity,
     markdown_table,
-    print_expected_gpu_time,
-    run_grid,
-    seed_grid,
-    split_grid,
+    summarise,
     summarise_columns,
     table_summary,
     write_table,
 )
-from jacosr.plots import plot_row_bars
-from jacosr.train import PAPER_SELF_SUP, TrainConfig
 from jacosr.workdir import open_workdir
 
 SCORE = "loss"
@@ -102,87 +106,7 @@ DETAILS = {
     "AUROC (MSP)": ("scores", "msp", "auroc"),
     "OSCR": ("scores", SCORE, "oscr"),
 }
-PAPER_WEIGHT_DECAY = 1e-3
 DIGITS_SEEDS = 5
-
-
-class Switches(NamedTuple):
-    """Which of Table III's components are on."""
-
-    ovr: bool = False
-    n: bool = False
-    m: bool = False
-    w: bool = False
-    a: bool = False
-    s: bool = False
-
-
-SWITCH_LABELS = ("OvR", "N", "m", "W", "A", "S")
-
-
-class Row(NamedTuple):
-    """A row of Table III: its label, its block (the table's first column) and switches."""
-
-    label: str
-    block: str
-    switches: Switches
-
-    @property
-    def description(self) -> str:
-        """``"a: N+W+A+S"``: the label and the switches that are on (``SCE`` when none is)."""
-        on = [name for name, value in zip(SWITCH_LABELS, self.switches, strict=True) if value]
-        return f"{self.label}: {'+'.join(on) or 'SCE'}"
-
-
-_ON = Switches(*[True] * 6)
-ROWS = (
-    Row("Baseline", "", Switches()),
-    Row("m-OvR", "", Switches(ovr=True, n=True, m=True)),
-    Row("a", "one out", Switches(n=True, w=True, a=True, s=True)),
-    Row("b", "one out", Switches(ovr=True, w=True, a=True, s=True)),
-    Row("c", "one out", _ON._replace(w=False)),
-    Row("d", "one out", _ON._replace(a=False)),
-    Row("e", "w/o A+S", Switches(w=True)),
-    Row("f", "w/o A+S", Switches(n=True, w=True)),
-    Row("g", "w/o A+S", Switches(ovr=True, n=True, m=True, w=True)),
-    Row("h", "w/o S", Switches(w=True, a=True)),
-    Row("i", "w/o S", Switches(n=True, w=True, a=True)),
-    Row("j", "w/o S", Switches(ovr=True, n=True, m=True, w=True, a=True)),
-    Row("k", "on m", _ON._replace(m=False)),
-    Row("Ours", "", _ON),
-)
-
-_LOSS_FAMILY = {
-    (False, False): "sce",
-    (True, False): "doc",
-    (False, True): "nsce",
-    (True, True): "movr",
-}
-
-
-def ablation_config(switches: Switches, base: TrainConfig) -> TrainConfig:
-    """The run for one row: ``base`` with its loss and techniques set by ``switches``.
-
-    The loss's scale and margins (when m is on) come from ``base.loss``; W uses 1e-3, S the
-    paper's lambda_self 0.1, A the paper's weak augmentation for ``base``'s data
-    (:func:`jacosr.data.augment.paper_augmentation`).
-    """
-    if switches.m and not (switches.ovr and switches.n):
-        raise ValueError(f"the margin m is defined for normalised OvR only; got {switches}")
-    loss = dataclasses.replace(
-        base.loss,
-        loss=_LOSS_FAMILY[(switches.ovr, switches.n)],
-        margin_pos=base.loss.margin_pos if switches.m else 0.0,
-        margin_neg=base.loss.margin_neg if switches.m else 0.0,
-    )
-    source = resolve_benchmark(base.data).dataset
-    return dataclasses.replace(
-        base,
-        loss=loss,
-        weight_decay=PAPER_WEIGHT_DECAY if switches.w else 0.0,
-        augment=paper_augmentation(source) if switches.a else "none",
-        self_sup=PAPER_SELF_SUP if switches.s else 0.0,
-    )
 
 
 @dataclass(frozen=True)
@@ -226,11 +150,11 @@ def selected_rows(labels: tuple[str, ...]) -> list[Row]:
     return [by_label[label] for label in labels]
 
 
-def ablation_grid(config: AblationConfig) -> dict[str, TrainConfig]:
+def ablation_grid(config: AblationConfig) -> dict[str, ResolvedTrainConfig]:
     """``<row>/<column>/<replicate>`` -> the training config of that run."""
     chosen = selected_rows(config.rows)
 
-    def rows_of(base: TrainConfig) -> dict[str, TrainConfig]:
+    def rows_of(base: ResolvedTrainConfig) -> dict[str, ResolvedTrainConfig]:
         return {row.label: ablation_config(row.switches, base) for row in chosen}
 
     if config.benchmarks:
@@ -241,7 +165,7 @@ def ablation_grid(config: AblationConfig) -> dict[str, TrainConfig]:
     column = (
         data.dataset if data.benchmark is None else f"{data.benchmark}-split{data.protocol_split}"
     )
-    rows = {f"{label}/{column}": run for label, run in rows_of(config.train).items()}
+    rows = {f"{label}/{column}": run for label, run in rows_of(resolve(config.train)).items()}
     return seed_grid(rows, config.seeds or DIGITS_SEEDS)
 
 
@@ -278,17 +202,19 @@ def with_average(summary: dict[str, dict[str, dict]]) -> dict[str, dict[str, dic
     return out
 
 
-def run(config: AblationConfig, workdir: Path, *, overwrite: bool = False) -> dict:
+def run(
+    config: AblationConfig, workdir: Path, *, overwrite: bool = False, spread_runs: bool = False
+) -> dict:
     """Run the chosen rows into ``workdir/runs``, write the tables; return them."""
     configs = ablation_grid(config)
-    print_expected_gpu_time(configs)
+    print_grid(configs)
     identity = grid_identity(config, ("rows", "benchmarks", "splits", "seeds"))
     with open_workdir(workdir, identity, outputs=TABLE_FILES, overwrite=overwrite) as opened:
         workdir = opened.path
-        results = run_grid(configs, workdir / "runs", EVALUATION)
-        summary = _flatten(summarise_columns(results, AUROC), AUROC)
+        results = run_grid(configs, workdir / "runs", EVALUATION, spread_runs=spread_runs)
+        summary = _flatten(summarise_columns(summarise(results, AUROC)), AUROC)
         table = with_average(summary)
-        details = _flatten(summarise_columns(results, DETAILS), DETAILS)
+        details = _flatten(summarise_columns(summarise(results, DETAILS)), DETAILS)
         chosen = selected_rows(config.rows)
         labels = {
             row.label: [row.block, *["✓" if on else "" for on in row.switches]] for row in chosen
@@ -306,7 +232,7 @@ def run(config: AblationConfig, workdir: Path, *, overwrite: bool = False) -> di
         meta = {
             "config": to_dict(config),
             "evaluation": to_dict(EVALUATION),
-            "splits": {name: r["split"] for name, r in results.items()},
+            "splits": {name: r.split for name, r in results.items()},
             "details": details,
         }
         described = {row.description: summary[row.label] for row in chosen}
@@ -327,6 +253,7 @@ COMMAND = Command(
     outputs=TABLE_FILES,
     runs="the runs (runs/)",
     summary=table_summary,
+    grid=ablation_grid,
 )
 
 

@@ -13,6 +13,7 @@ overwrite=False) -> results``. One :class:`Command` adds the rest::
         outputs=TABLE_FILES,
         runs="the runs (runs/)",
         summary=table_summary,
+        grid=lambda config: seed_grid(rows(config), config.seeds),
     )
 
 
@@ -25,10 +26,12 @@ overwrite=False) -> results``. One :class:`Command` adds the rest::
 
 ``COMMAND.main`` parses the command line into the config (its fields, and those of the
 configs inside it, as flat flags: ``--steps``, ``--loss``, ...) plus ``--workdir``,
-``--overwrite``, ``--spread-runs`` and the flags of several processes (``--distributed``,
+``--overwrite``, the flags of several processes (``--distributed``,
 ``--coordinator-address``, ``--num-processes``, ``--process-id``; see
-:mod:`jacosr.distributed`), runs the experiment, prints its summary and the files it wrote
-(process 0 only), and returns the results (the tests call ``main`` in-process).
+:mod:`jacosr.distributed`) and, for an experiment that trains a grid of runs (``grid``),
+``--spread-runs``; checks that the data sets it names exist (before anything is written),
+runs the experiment, prints its summary and the files it wrote (process 0 only), and returns
+the results (the tests call ``main`` in-process).
 
 The arguments' dataclass is generated, and tyro reads help text from docstrings: ``--help``
 opens with ``description``; ``--workdir``'s help names ``outputs`` and ``runs``; every
@@ -46,7 +49,10 @@ from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
 
 from jacosr.config import cli
-from jacosr.distributed import DistributedConfig, initialize, is_writer, spreading_runs
+from jacosr.data import check_available
+from jacosr.distributed import DistributedConfig, initialize, is_writer
+from jacosr.grids import Grid
+from jacosr.runs import describe_hardware, hardware
 
 C = TypeVar("C")
 
@@ -69,9 +75,11 @@ DISTRIBUTED_HELP = (
 
 class RunExperiment(Protocol[C]):
     """An experiment's ``run``: write its outputs into ``workdir`` (created, or resumed when it
-    holds the same config; see :func:`jacosr.workdir.open_workdir`) and return its results."""
+    holds the same config; see :func:`jacosr.workdir.open_workdir`) and return its results.
+    An experiment that trains a grid also takes ``spread_runs`` (:func:`jacosr.grids.
+    run_grid`)."""
 
-    def __call__(self, config: C, workdir: Path, *, overwrite: bool = False) -> dict: ...
+    def __call__(self, config: C, workdir: Path, *, overwrite: bool = False, **grid) -> dict: ...
 
 
 @dataclass(frozen=True)
@@ -90,6 +98,9 @@ class Command(Generic[C]):
       runs: what else the workdir holds, e.g. ``"the runs (runs/)"``, for ``--workdir``'s
         help.
       summary: the text printed after the run, from its results.
+      grid: for an experiment that trains a grid of runs, the grid its config describes
+        (run name -> resolved training config): the command then has ``--spread-runs``, and
+        ``benchmarks/gpu_cost.py`` costs the grid on a GPU. None for the others.
     """
 
     module: str
@@ -100,19 +111,21 @@ class Command(Generic[C]):
     outputs: tuple[str, ...]
     runs: str
     summary: Callable[[dict], str]
+    grid: Callable[[C], Grid] | None = None
 
     @functools.cached_property
     def arguments(self) -> type:
-        """The dataclass tyro parses: ``config``, ``workdir``, ``overwrite``, ``spread_runs``
-        and ``distributed``."""
+        """The dataclass tyro parses: ``config``, ``workdir``, ``overwrite``, ``distributed``
+        and, with a ``grid``, ``spread_runs``."""
         outputs = ", ".join(self.outputs)
+        spread = f"  spread_runs: {SPREAD_RUNS_HELP}\n" if self.grid else ""
         doc = (
             f"{self.description}\n\n"
             "Attributes:\n"
             f"  workdir: where {outputs} and {self.runs} go; re-running the same command "
             "resumes.\n"
             f"  overwrite: {OVERWRITE_HELP}\n"
-            f"  spread_runs: {SPREAD_RUNS_HELP}\n"
+            f"{spread}"
             f"  distributed: {DISTRIBUTED_HELP}\n"
         )
         name = self.config.__name__.removesuffix("Config") + "Args"
@@ -120,7 +133,7 @@ class Command(Generic[C]):
             ("config", self.config, field(default_factory=self.config)),
             ("workdir", Path, field(default=Path(self.workdir))),
             ("overwrite", bool, field(default=False)),
-            ("spread_runs", bool, field(default=False)),
+            *([("spread_runs", bool, field(default=False))] if self.grid else []),
             ("distributed", DistributedConfig, field(default_factory=DistributedConfig)),
         ]
         namespace = {"__doc__": doc, "__module__": self.module}
@@ -131,8 +144,11 @@ class Command(Generic[C]):
         written; return the results."""
         parsed = cli(self.arguments, args=args)
         initialize(parsed.distributed)
-        with spreading_runs(parsed.spread_runs):
-            results = self.run(parsed.config, parsed.workdir, overwrite=parsed.overwrite)
+        check_available(parsed.config)
+        if is_writer():
+            print(f"on {describe_hardware(hardware())}")
+        grid = {"spread_runs": parsed.spread_runs} if self.grid else {}
+        results = self.run(parsed.config, parsed.workdir, overwrite=parsed.overwrite, **grid)
         if is_writer():
             print(self.summary(results))
             for name in self.outputs:

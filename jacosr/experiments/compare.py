@@ -3,19 +3,19 @@
     python -m jacosr.experiments.compare                       # every run under runs/
     python -m jacosr.experiments.compare runs/a runs/b runs/losses_table --metrics auroc oscr
 
-Runtime on 2 CPU cores: about 3 s, mostly imports (the default on 24 runs: 3.2 s wall, 3.1 s
-of CPU, load average 3.7); it reads results.json files, nothing is trained or evaluated.
+It reads results.json files; nothing is trained or evaluated (runtime: experiments/README.md).
 Writes into ``--workdir`` (default ``runs/compare``), never into the runs it reads:
 ``compare.md`` (the Markdown table, also printed), ``compare.csv`` (the same cells, full
 precision, for spreadsheets and pandas), ``results.json`` and ``compare.png``.
 
 Each path given is a training run (a workdir of ``python -m jacosr.train``) or any folder that
 holds some: an experiment's workdir is expanded into the training runs below it (``train/``,
-``runs/<row>/seed<s>``, ``seed<s>/``; :func:`jacosr.train.find_runs`), one row each; its own
+``runs/<row>/seed<s>``, ``seed<s>/``; :func:`jacosr.runs.find_runs`), one row each; its own
 table is not read. A run without ``results.json`` (unfinished, or trained by ``fit`` alone, as
 the ``train/`` of interp) is left out with a warning, since comparing it would mean evaluating
 it, and the command writes nothing into runs; so is a run whose results.json cannot be read
-as one (:func:`read_results`: empty, not JSON, a field missing or of the wrong kind), with a
+as one (:meth:`jacosr.runs.RunResults.from_json`: empty, not JSON, a field missing or of the
+wrong kind), with a
 warning naming the run, the file and what is wrong. When no run is left, it is an error.
 
 Rows are labelled by path; the leading columns are the config fields whose values differ
@@ -35,20 +35,22 @@ from __future__ import annotations
 import csv
 import io
 import json
-import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import tyro
+from matplotlib import colormaps
+from matplotlib.figure import Figure
 
 from jacosr.config import require, to_dict
 from jacosr.evaluate import SCORE_METRICS
 from jacosr.experiments.command import Command
-from jacosr.plots import plot_compare
-from jacosr.train import RESULTS, find_runs
+from jacosr.runs import RESULTS, RunResults, collect
 from jacosr.workdir import open_workdir
 
-OUTPUTS = ("compare.md", "compare.csv", "results.json", "compare.png")
+OUTPUTS = ("compare.md", "compare.csv", RESULTS, "compare.png")
 
 
 @dataclass(frozen=True)
@@ -83,137 +85,24 @@ def _flat(config: dict, prefix: str = "") -> dict[str, object]:
     return flat
 
 
-RESULTS_FIELDS = {
-    "config": "an object",
-    "accuracy": "a number",
-    "split": "an object",
-    "scores": "an object",
-}
-"""The fields of a training run's ``results.json`` that its readers use (the resolved config,
-the closed-set accuracy, the data evaluated on, score -> {metric: number or null}), each with
-its JSON type as :func:`read_results` names it."""
-
-
-def read_results(path: Path) -> dict:
-    """A training run's ``results.json`` at ``path``, checked as far as its readers rely on it:
-    a JSON object holding the fields of :data:`RESULTS_FIELDS`, of their types, each score row
-    an object of metric -> number or null.
-
-    Raises ``FileNotFoundError`` when there is no such file, and ``ValueError`` naming the file
-    and what is wrong otherwise: unreadable, empty, not UTF-8 text, not JSON, not an object, a
-    field missing or of another type (a damaged file, or the results of something else)."""
-    path = Path(path)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise
-    except OSError as err:
-        raise ValueError(f"{path} cannot be read: {err.strerror or err}") from None
-    if not data.strip():
-        raise ValueError(f"{path} is empty")
-    try:
-        results = json.loads(data.decode("utf-8"))
-    except UnicodeDecodeError as err:
-        raise ValueError(f"{path} is not UTF-8 text ({err.reason} at byte {err.start})") from None
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not JSON ({err})") from None
-    except RecursionError:
-        raise ValueError(f"{path} is JSON nested too deeply to read") from None
-    if not isinstance(results, dict):
-        raise ValueError(f"{path} holds {_json_type(results)}, not an object")
-    missing = [field for field in RESULTS_FIELDS if field not in results]
-    if missing:
-        raise ValueError(
-            f"{path} lacks {', '.join(map(repr, missing))} (a training run's results.json holds "
-            f"{', '.join(RESULTS_FIELDS)})"
-        )
-    for field, wanted in RESULTS_FIELDS.items():
-        if _json_type(results[field]) != wanted:
-            raise ValueError(f"{path}: {field!r} is {_json_type(results[field])}, not {wanted}")
-    for score, row in results["scores"].items():
-        if not isinstance(row, dict):
-            raise ValueError(
-                f"{path}: scores[{score!r}] is {_json_type(row)}, not an object of metric -> value"
-            )
-        for metric, value in row.items():
-            if _json_type(value) not in ("a number", "null"):
-                raise ValueError(
-                    f"{path}: scores[{score!r}][{metric!r}] is {_json_type(value)}, not a number "
-                    "or null"
-                )
-    return results
-
-
-def _json_type(value: object) -> str:
-    """The JSON type of a value ``json.loads`` gave, with its article, for messages."""
-    names = {dict: "an object", list: "an array", str: "a string", bool: "a boolean"}
-    return "null" if value is None else names.get(type(value), "a number")
-
-
-def collect(paths: tuple[Path, ...]) -> dict[str, dict]:
-    """``label -> results.json`` of every training run found at or below ``paths`` (each
-    once, in the order given), leaving out with a warning those without results.json, and
-    with a warning each those whose results.json :func:`read_results` refuses.
-
-    Raises ``FileNotFoundError`` for a path that does not exist or holds no training run,
-    and ``ValueError`` when no run found has results that can be read."""
-    found: dict[Path, str] = {}
-    for path in paths:
-        if not path.exists():
-            raise FileNotFoundError(f"{path} does not exist; give workdirs of jacosr runs")
-        runs = find_runs(path)
-        if not runs:
-            raise FileNotFoundError(
-                f"{path} holds no training run (a folder with config.json and checkpoints/)"
-            )
-        for run in runs:
-            found.setdefault(run.resolve(), str(run))
-    results, missing, damaged = {}, [], 0
-    for run, label in found.items():
-        try:
-            results[label] = read_results(run / RESULTS)
-        except FileNotFoundError:
-            missing.append(label)
-        except ValueError as err:
-            damaged += 1
-            warnings.warn(
-                f"left out run {label}: {err}; re-running its `python -m jacosr.train` command "
-                "evaluates it again and rewrites the file",
-                stacklevel=2,
-            )
-    if missing:
-        warnings.warn(
-            f"left out {len(missing)} run(s) without results.json (unfinished, or trained by "
-            f"fit alone; evaluate one with `python -m jacosr.train` and its flags): "
-            f"{', '.join(missing)}",
-            stacklevel=2,
-        )
-    if not results:
-        raise ValueError(
-            f"none of the runs in {', '.join(map(str, paths))} has a readable results.json "
-            f"({len(missing)} without one, {damaged} damaged; see the warnings above)"
-        )
-    return results
-
-
-def comparison(results: dict[str, dict], metrics: tuple[str, ...]) -> dict:
+def comparison(results: dict[str, RunResults], metrics: tuple[str, ...]) -> dict:
     """The table: ``{"differs": [config fields], "columns": [value columns], "rows": {label:
     {"config": {field: value}, "values": {column: float or None}}}}``.
 
     ``differs``: the (flattened) config fields whose values are not the same in every run;
     ``columns``: ``accuracy`` and ``"<score> <metric>"`` over the union of the scores.
     """
-    configs = {label: _flat(r["config"]) for label, r in results.items()}
+    configs = {label: _flat(r.config) for label, r in results.items()}
     fields = list(dict.fromkeys(f for c in configs.values() for f in c))
     differs = [f for f in fields if len({json.dumps(c.get(f)) for c in configs.values()}) > 1]
-    scores = list(dict.fromkeys(s for r in results.values() for s in r["scores"]))
+    scores = list(dict.fromkeys(s for r in results.values() for s in r.scores))
     columns = ["accuracy", *(f"{s} {m}" for s in scores for m in metrics)]
     rows = {}
     for label, r in results.items():
-        values = {"accuracy": r["accuracy"]}
+        values = {"accuracy": r.accuracy}
         for score in scores:
             for metric in metrics:
-                values[f"{score} {metric}"] = r["scores"].get(score, {}).get(metric)
+                values[f"{score} {metric}"] = r.scores.get(score, {}).get(metric)
         rows[label] = {"config": {f: configs[label].get(f) for f in differs}, "values": values}
     return {"differs": differs, "columns": columns, "rows": rows}
 
@@ -260,7 +149,7 @@ def run(config: CompareConfig, workdir: Path, *, overwrite: bool = False) -> dic
         opened.write("compare.md", text)
         opened.write("compare.csv", csv_text(table))
         out = {"config": to_dict(config), **table, "markdown": text}
-        opened.write_json("results.json", out)
+        opened.write_json(RESULTS, out)
         panels = {
             metric: {
                 label: {
@@ -274,6 +163,60 @@ def run(config: CompareConfig, workdir: Path, *, overwrite: bool = False) -> dic
         }
         opened.save_figure("compare.png", plot_compare(panels))
     return out
+
+
+def plot_compare(panels: Mapping[str, Mapping[str, Mapping[str, float]]]) -> Figure:
+    """One panel per metric: one line per run (top to bottom in the given order), one marker
+    per score at its value, each score a little above or below the line so that equal values
+    stay visible (the comparison of :mod:`jacosr.experiments.compare`).
+
+    ``panels``: metric (e.g. ``"auroc"``) -> run label -> score -> value; a score a run lacks
+    is left out of its line. Markers keep one colour and shape per score across panels.
+    """
+    metrics = list(panels)
+    runs = list(panels[metrics[0]])
+    scores = list(dict.fromkeys(s for panel in panels.values() for r in panel.values() for s in r))
+    colours = colormaps["tab10"].colors
+    markers = "oDs^vP*X<>"
+    label_width = max(len(r) for r in runs)
+    fig = Figure(
+        figsize=(2.0 + 0.07 * label_width + 4.0 * len(metrics), 1.4 + 0.32 * len(runs)),
+        layout="constrained",
+    )
+    axes = fig.subplots(1, len(metrics), sharey=True, squeeze=False)[0]
+    y = np.arange(len(runs))
+    for ax, metric in zip(axes, metrics, strict=True):
+        for i, score in enumerate(scores):
+            panel = panels[metric]
+            at = [(panel[r][score], k) for k, r in enumerate(runs) if score in panel[r]]
+            if at:
+                values, rows = zip(*at, strict=True)
+                offset = (i - (len(scores) - 1) / 2) * 0.5 / len(scores)  # ties stay visible
+                ax.plot(
+                    values,
+                    np.array(rows) + offset,
+                    linestyle="none",
+                    marker=markers[i % len(markers)],
+                    color=colours[i % len(colours)],
+                    alpha=0.8,
+                    label=score,
+                )
+        ax.set_xlabel(metric)
+        ax.grid(alpha=0.3)
+    axes[0].set_yticks(y, runs)
+    axes[0].set_ylim(len(runs) - 0.5, -0.5)
+    handles = {}
+    for ax in axes:
+        handles |= dict(zip(*reversed(ax.get_legend_handles_labels()), strict=True))
+    fig.legend(
+        [handles[s] for s in scores],
+        scores,
+        loc="outside upper center",
+        ncol=min(len(scores), 8),
+        frameon=False,
+        fontsize=8,
+    )
+    return fig
 
 
 COMMAND = Command(

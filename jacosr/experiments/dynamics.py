@@ -7,16 +7,15 @@
     python -m jacosr.experiments.dynamics --figure fig8 --benchmark cifar10 --backbone vgg32 \\
         --embed-dim 128 --steps 20000 --workdir runs/dynamics-cifar10   # the paper's setting
 
-Runtime on 2 CPU cores (default: digits, the MLP, 1,000 steps, 20 tracking points, 3 seeds;
-each figure measured with ``/usr/bin/time`` from an empty workdir, while other jobs kept the
-load average at 4-8): wall (user + sys CPU) fig4 65 s (35 s, 3 runs), fig5 75 s (35 s, the
-same 3 runs), fig8 108 s (63 s, 6 runs), fig9 104 s (65 s), fig10 81 s (61 s), fig11 72 s
-(70 s, the rotation task doubles a step), fig15 128 s (125 s, 12 runs; 178 s at load 6.5).
-About 40% of a run is its tracking (20 exact measurements of 539 images). A figure whose runs
-are already in the workdir takes seconds (fig5 after fig4; fig8-11 then train one variant).
-The default is 1,000 steps, not 2,000, so that fig15's 12 runs fit in 3 minutes.
+The default (digits, the MLP, 1,000 steps, 20 tracking points, 3 seeds) trains 3 runs for
+fig4 and fig5 (the same runs), 6 for each of fig8-11 (two variants; fig11's second carries
+the rotation task, twice the images per step) and 12 for fig15; a run's 20 tracking points
+are exact measurements of the 539 test images. A figure whose runs are already in the
+workdir trains nothing (fig5 after fig4; fig8-11 then train one variant). The default is
+1,000 steps, not the other digits experiments' 2,000, to keep fig15's 12 runs short on a
+CPU. Runtimes: experiments/README.md.
 
-Every variant is a training run with tracking on (:mod:`jacosr.dynamics`: at step 0 and at
+Every variant is a training run with tracking on (:mod:`jacosr.tracking`: at step 0 and at
 ``--track-points`` - 1 steps spaced geometrically up to ``--steps``, exact Jacobian norms of
 every digits test image); its rows are in ``<workdir>/runs/<variant>/seed<i>/dynamics.jsonl``.
 The workdir is shared by the figures: its identity is the base run, the seeds and the
@@ -27,10 +26,15 @@ that two figures need trains once (Figs. 4, 5 and one side of each of Figs. 8-11
 ``results.json`` under its name.
 
 The variants set their technique explicitly, on or off, whatever the data set's default
-(digits turns augmentation and the rotation task off, image data sets on): augmentation on is
-the base run's augmentation, or ``weak`` (4 px translation and horizontal flip) where that is
-``none``; the rotation task on is lambda_self 0.1 (or the base run's value); weight decay on
-is 1e-3 (or the base run's), off is 0.
+(digits turns augmentation and the rotation task off, image data sets on), by the rule that
+the ablation (Table III) and the sensitivity sweeps share,
+:func:`jacosr.recipe.switch_techniques`: on is the base run's own value where it has the
+technique on, else the paper's for the data set (:func:`jacosr.recipe.paper_techniques`):
+weight decay 1e-3; the paper's weak augmentation for the images, which is ``translate`` (the
+4 px translation, no flip) on handwritten digits (digits, mnist) and on data sets of your own
+prepared with ``python -m jacosr.data.prepare NAME --from PATH --no-flip``, else ``weak``
+(translation and horizontal flip); lambda_self 0.1. Off is 0 or ``none``. So Fig. 9 on the
+default digits shifts the 8x8 digits without flipping them, as Table III's A rows do.
 
 What each figure shows (curves: mean over seeds, band: ± 1 std; x: the step, linear up to 1
 and logarithmic after, so step 0 and the early steps, where most change happens, are seen):
@@ -61,52 +65,38 @@ compares them anyway; a panel whose curves span more than 30x gets a log axis); 
 are scale-free. Fig. 5 pools the tracked steps of every seed (the paper shows one run); the
 per-seed correlations are in results.json.
 
-What the defaults show on digits (mean ± std over 3 seeds at step 1,000; results.json):
-
-* fig4, as the paper: DBI falls from 2.2 to 0.27, the JND rises steadily from -0.01 to
-  0.36, the AUROC from 0.47 to 0.967, most of it in the first 10 steps. Unlike the paper's,
-  the inter-class distance wobbles (up to step 4, back down by step 10) before it grows to
-  0.75, and the JND rises fastest early (to 0.25 by step 30), not late.
-* fig5, as the paper: strong, non-linear correlations over 60 pooled points: AUROC vs JND
-  Pearson 0.85, Spearman 0.90; DBI vs JND -0.90, -0.99 (monotone: DBI is a function of the
-  JND here).
-* fig8, as the paper at 1,000 steps: m-OvR has the lower DBI (0.27 vs 0.52), a JND that
-  grows (0.36 ± 0.01 vs SCE's -0.06 ± 0.30, which swings with the unnormalised scale) and
-  the higher AUROC (0.967 vs 0.946). SCE's AUROC is still rising at 1,000 steps; at 2,000
-  steps the loss table has SCE ahead (0.982 vs 0.974).
-* fig9, opposite to the paper: weak augmentation (flips and 4 px shifts of 8x8 digits)
-  slows and spoils everything: DBI 0.78 vs 0.27, JND 0.23 vs 0.36, AUROC 0.83 vs 0.97.
-* fig10, as the paper but small: weight decay raises the inter-class distance (0.750 vs
-  0.727), the JND (0.362 vs 0.344) and the AUROC (0.967 vs 0.965, within a std), all in the
-  last few hundred steps.
-* fig11, mostly opposite: the rotation task (lambda 0.1) raises the unknown ||J|| a little
-  (0.611 vs 0.597, within the spread) but lowers the JND (0.326 vs 0.362) and the AUROC
-  (0.960 vs 0.967).
-* fig15, in part as the paper: without augmentation SCE and N-SCE separate the classes (DBI
-  0.52 both) and detect unknowns (AUROC 0.946, 0.911); N-SCE's JND rises to 0.57 like
-  m-OvR's, SCE's stays near 0 with a large spread (-0.06 ± 0.30, unnormalised). With
-  augmentation both are worse (AUROC 0.71, 0.83), as in fig9.
+What the defaults measure on digits, figure by figure against the paper's claims, is in the
+README's table "The paper's theory on digits" (each figure's numbers are in its
+``results.json``).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
+from matplotlib import colormaps
+from matplotlib.colors import SymLogNorm
+from matplotlib.figure import Figure
 
 from jacosr.config import require, to_dict
-from jacosr.dynamics import TrackConfig, read_dynamics
 from jacosr.evaluate import EvalConfig
 from jacosr.experiments.command import Command
-from jacosr.experiments.grid import run_grid, seed_grid
+from jacosr.grids import print_grid, run_grid, seed_grid
 from jacosr.metrics import metric_correlations
-from jacosr.plots import plot_dynamics, plot_metric_pairs
-from jacosr.train import PAPER_SELF_SUP, ResolvedTrainConfig, TrainConfig, resolve
+from jacosr.recipe import (
+    ResolvedTrainConfig,
+    TrainConfig,
+    resolve,
+    run_name,
+    switch_techniques,
+)
+from jacosr.runs import RESULTS, read_dynamics, read_outputs
+from jacosr.tracking import TrackConfig
 from jacosr.workdir import open_workdir
 
 METRIC_LABELS = {
@@ -126,7 +116,6 @@ SERIES = tuple(METRIC_LABELS)
 """The metrics kept per variant in results.json (mean and std over seeds at every step)."""
 EVALUATION = EvalConfig(scores=("loss",))
 """Each run's final evaluation (results.json of the run; the figures use the tracked rows)."""
-WEIGHT_DECAY = TrainConfig.weight_decay  # the paper's 1e-3
 
 
 def _technique(
@@ -136,42 +125,23 @@ def _technique(
     augment: bool | None = None,
     weight_decay: bool | None = None,
     rotation: bool | None = None,
-) -> TrainConfig:
-    """``base`` with the loss and the techniques that are given switched on or off (see the
-    module docstring for the values "on" takes); the others as in ``base``."""
-    changes = {}
-    if loss is not None:
-        changes["loss"] = dataclasses.replace(base.loss, loss=loss)
-    if augment is not None:
-        on = base.augment if base.augment != "none" else "weak"
-        changes["augment"] = on if augment else "none"
-    if weight_decay is not None:
-        changes["weight_decay"] = (base.weight_decay or WEIGHT_DECAY) if weight_decay else 0.0
-    if rotation is not None:
-        changes["self_sup"] = (base.self_sup or PAPER_SELF_SUP) if rotation else 0.0
-    return dataclasses.replace(base, **changes)
-
-
-def variant_name(config: TrainConfig) -> str:
-    """The run folder of a variant, from what it trains: the loss, then ``+W`` (weight decay),
-    ``+A`` (weak augmentation; ``+A-<name>`` another one) and ``+S`` (rotation task) when on,
-    e.g. ``movr+W`` or ``sce+W+A``."""
-    config = resolve(config)
-    parts = [config.loss.loss]
-    if config.weight_decay > 0:
-        parts.append("W")
-    if config.augment != "none":
-        parts.append("A" if config.augment == "weak" else f"A-{config.augment}")
-    if config.self_sup > 0:
-        parts.append("S")
-    return "+".join(parts)
+) -> ResolvedTrainConfig:
+    """``base`` with the loss and the techniques that are given switched on or off
+    (:func:`jacosr.recipe.switch_techniques`, the rule of the ablation too); the others as
+    in ``base``."""
+    switched = switch_techniques(
+        base, weight_decay=weight_decay, augment=augment, rotation=rotation
+    )
+    if loss is None:
+        return switched
+    return dataclasses.replace(switched, loss=dataclasses.replace(base.loss, loss=loss))
 
 
 class FigureSpec(NamedTuple):
     """One figure: its variants (legend label -> run, from the resolved base run) and the
     metrics of its panels (keys of a ``dynamics.jsonl`` row), and its caption."""
 
-    variants: Callable[[ResolvedTrainConfig], dict[str, TrainConfig]]
+    variants: Callable[[ResolvedTrainConfig], dict[str, ResolvedTrainConfig]]
     panels: tuple[str, ...]
     caption: str
 
@@ -338,18 +308,27 @@ def _figure(spec: FigureSpec, entry: dict, rows: dict, split: dict, seeds: int):
     return plot_metric_pairs(points, FIG5_PAIRS, steps, seed, METRIC_LABELS, notes, title=title)
 
 
-def run(config: DynamicsConfig, workdir: Path, *, overwrite: bool = False) -> dict:
+def dynamics_grid(config: DynamicsConfig) -> dict[str, ResolvedTrainConfig]:
+    """``<variant>/seed<s>`` -> the run: the figure's variants (named by
+    :func:`jacosr.recipe.run_name`) x seeds."""
+    variants = FIGURES[config.figure].variants(resolve(config.train))
+    return seed_grid({run_name(c): c for c in variants.values()}, config.seeds)
+
+
+def run(
+    config: DynamicsConfig, workdir: Path, *, overwrite: bool = False, spread_runs: bool = False
+) -> dict:
     """Train (or read back) the figure's variants x seeds with tracking, write its figure and
     its entry of results.json; return that entry."""
     spec = FIGURES[config.figure]
-    base = resolve(config.train)
-    variants = spec.variants(base)
-    outputs = ("results.json", *(f"{name}.png" for name in FIGURES))
+    variants = spec.variants(resolve(config.train))
+    names = {label: run_name(c) for label, c in variants.items()}
+    grid = dynamics_grid(config)
+    print_grid(grid)
+    outputs = (RESULTS, *(f"{name}.png" for name in FIGURES))
     with open_workdir(workdir, identity(config), outputs=outputs, overwrite=overwrite) as opened:
         workdir = opened.path
-        names = {label: variant_name(c) for label, c in variants.items()}
-        grid = seed_grid({names[label]: c for label, c in variants.items()}, config.seeds)
-        finished = run_grid(grid, workdir / "runs", EVALUATION)
+        finished = run_grid(grid, workdir / "runs", EVALUATION, spread_runs=spread_runs)
         rows = {
             label: {
                 run_name: read_dynamics(workdir / "runs" / run_name)
@@ -358,7 +337,7 @@ def run(config: DynamicsConfig, workdir: Path, *, overwrite: bool = False) -> di
             }
             for label in variants
         }
-        split = next(iter(finished.values()))["split"]
+        split = next(iter(finished.values())).split
         png = workdir / f"{config.figure}.png"
         entry = {
             "figure": config.figure,
@@ -373,11 +352,10 @@ def run(config: DynamicsConfig, workdir: Path, *, overwrite: bool = False) -> di
             (runs,) = rows.values()
             entry["correlations"] = pooled_correlations(runs)
         opened.save_figure(png.name, _figure(spec, entry, rows, split, config.seeds))
-        path = workdir / "results.json"
-        results = json.loads(path.read_text()) if path.exists() else {}
+        results = read_outputs(workdir)
         results.update({"config": identity(config), "split": split})
         results.setdefault("figures", {})[config.figure] = entry
-        opened.write_json("results.json", results)
+        opened.write_json(RESULTS, results)
         return entry
 
 
@@ -404,6 +382,145 @@ def format_summary(entry: dict) -> str:
     return "\n".join(lines)
 
 
+LOG_SPAN = 30
+
+
+"""A panel of :func:`plot_dynamics` whose positive curves span more than this factor gets a
+logarithmic y-axis."""
+
+
+def _symlog_steps(ax, last: int) -> None:
+    """A step axis from 0 to ``last``, linear up to 1 and logarithmic after: step 0 (the
+    initial model) is on it, and the early steps, where training changes most, are spread
+    out. Ticks at 0 and the powers of ten."""
+    ax.set_xscale("symlog", linthresh=1.0, linscale=0.5)
+    ax.set_xlim(0, last * 1.15)
+    ax.set_xticks(*_step_ticks(last))
+    ax.minorticks_off()
+    ax.set_xlabel("training step")
+
+
+def _step_ticks(last: int) -> tuple[list[int], list[str]]:
+    """Ticks 0, 1, 10, 100, ... up to ``last``, and their labels."""
+    ticks = [0, *(10**e for e in range(len(str(max(1, last)))))]
+    return ticks, [f"{t:,}" for t in ticks]
+
+
+def _emptiest_corner(x: np.ndarray, y: np.ndarray) -> tuple[float, float, str, str]:
+    """``(x, y, ha, va)`` in axes fraction of the corner of the ``x, y`` scatter with the
+    fewest points (for a text box that hides none)."""
+    fx = (x - x.min()) / max(np.ptp(x), 1e-12)
+    fy = (y - y.min()) / max(np.ptp(y), 1e-12)
+    corners = {
+        (0.97, 0.03, "right", "bottom"): np.sum((fx > 0.55) & (fy < 0.45)),
+        (0.97, 0.97, "right", "top"): np.sum((fx > 0.55) & (fy > 0.55)),
+        (0.03, 0.03, "left", "bottom"): np.sum((fx < 0.45) & (fy < 0.45)),
+        (0.03, 0.97, "left", "top"): np.sum((fx < 0.45) & (fy > 0.55)),
+    }
+    return min(corners, key=corners.get)
+
+
+def plot_dynamics(
+    curves: Mapping[str, Mapping], panels: Mapping[str, str], *, title: str
+) -> Figure:
+    """Metrics against the training step: one panel per metric, one curve per variant, the
+    mean over seeds with a ± 1 std band (Figs. 4, 8-11, 15).
+
+    ``curves``: variant label -> ``{"steps": [T], "mean": {metric: [T]}, "std": {metric:
+    [T]}}`` (the per-variant series of :mod:`jacosr.experiments.dynamics`); ``panels``:
+    metric -> its axis label, in panel order. A variant keeps its colour in every panel; a
+    panel whose positive means span more than :data:`LOG_SPAN` gets a log y-axis.
+    """
+    fig = Figure(figsize=(3.9 * len(panels), 3.7), layout="constrained")
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    colours = colormaps["tab10"].colors
+    for ax, (metric, label) in zip(axes, panels.items(), strict=True):
+        for i, (variant, curve) in enumerate(curves.items()):
+            steps = np.asarray(curve["steps"])
+            mean = np.asarray(curve["mean"][metric])
+            std = np.asarray(curve["std"][metric])
+            colour = colours[i % len(colours)]
+            ax.fill_between(steps, mean - std, mean + std, color=colour, alpha=0.2, linewidth=0)
+            ax.plot(steps, mean, ".-", color=colour, markersize=3, label=variant)
+        _symlog_steps(ax, max(max(curve["steps"]) for curve in curves.values()))
+        means = np.concatenate([np.asarray(c["mean"][metric]) for c in curves.values()])
+        if means.min() > 0 and means.max() > LOG_SPAN * means.min():
+            ax.set_yscale("log")  # e.g. unnormalised next to unit-normalised embeddings
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    fig.legend(
+        *axes[0].get_legend_handles_labels(),
+        loc="outside lower center",
+        ncol=len(curves),
+        frameon=False,
+    )
+    fig.suptitle(title)
+    return fig
+
+
+def plot_metric_pairs(
+    points: Mapping[str, np.ndarray],
+    pairs: Sequence[tuple[str, str]],
+    steps: np.ndarray,
+    groups: np.ndarray,
+    labels: Mapping[str, str],
+    notes: Sequence[str],
+    *,
+    title: str,
+) -> Figure:
+    """One metric against another over the tracked steps of runs (Fig. 5): one panel per
+    ``(x, y)`` pair of ``pairs``.
+
+    ``points``: metric -> ``[P]`` values, one per tracked step of a run; ``steps: [P]`` the
+    step of each point (its colour, on the step axis of :func:`plot_dynamics`); ``groups:
+    [P]`` int, the run of each point (its marker; a run's points are joined in step order);
+    ``labels``: metric -> axis label; ``notes``: per panel, text in its corner (e.g. the
+    correlations).
+    """
+    fig = Figure(figsize=(4.6 * len(pairs) + 0.8, 4.2), layout="constrained")
+    axes = fig.subplots(1, len(pairs), squeeze=False)[0]
+    last = max(1, int(np.max(steps)))
+    norm = SymLogNorm(linthresh=1.0, linscale=0.5, vmin=0, vmax=last)
+    markers = "os^Dv<>p"
+    for ax, (x, y), note in zip(axes, pairs, notes, strict=True):
+        for g in np.unique(groups):
+            at = groups == g
+            ax.plot(points[x][at], points[y][at], "-", color="grey", alpha=0.4, linewidth=0.8)
+            scatter = ax.scatter(
+                points[x][at],
+                points[y][at],
+                c=steps[at],
+                cmap="viridis",
+                norm=norm,
+                marker=markers[int(g) % len(markers)],
+                s=22,
+                edgecolors="black",
+                linewidths=0.3,
+                label=f"seed {int(g)}",
+            )
+        ax.set_xlabel(labels[x])
+        ax.set_ylabel(labels[y])
+        ax.grid(alpha=0.3)
+        tx, ty, ha, va = _emptiest_corner(points[x], points[y])
+        ax.text(
+            tx,
+            ty,
+            note,
+            transform=ax.transAxes,
+            ha=ha,
+            va=va,
+            fontsize=8,
+            bbox={"facecolor": "white", "edgecolor": "grey", "alpha": 0.8},
+        )
+        ax.legend(frameon=False, fontsize=8, loc="best")
+    bar = fig.colorbar(scatter, ax=list(axes), label="training step")
+    ticks, tick_labels = _step_ticks(last)
+    bar.set_ticks(ticks, labels=tick_labels)
+    bar.minorticks_off()
+    fig.suptitle(title)
+    return fig
+
+
 COMMAND = Command(
     module=__name__,
     config=DynamicsConfig,
@@ -413,9 +530,10 @@ COMMAND = Command(
         "Training dynamics (DBI, inter-class distance, JND, AUROC against the step) of the "
         "paper's Figs. 4, 5, 8-11 and 15."
     ),
-    outputs=("results.json",),
+    outputs=(RESULTS,),
     runs="<figure>.png and the tracked runs (runs/<variant>/seed<i>)",
     summary=format_summary,
+    grid=dynamics_grid,
 )
 
 

@@ -3,11 +3,10 @@
     python -m jacosr.experiments.heatmap                      # toy2d, known classes 0, 2, 4, 6
     python -m jacosr.experiments.heatmap --known 0 1 2 3 4 5 --resolution 400
 
-Runtime on 2 CPU cores: 22-25 s wall (12.5 s CPU) at load average 6-6.5 (2,000 training steps of the
-MLP on 1,080 points, then the exact ||df/dx||_F at the 200 x 200 = 40,000 grid points and at
-the 1,880 known-train and test points, before and after training; imports and compilation
-included). The trained model lives in ``<workdir>/train``; re-running reads it back and
-repeats only the norms (7 s CPU).
+The default trains the MLP for 2,000 steps on 1,080 points, then computes the exact
+||df/dx||_F at the 200 x 200 = 40,000 grid points and at the 1,880 known-train and test
+points, before and after training (runtime: experiments/README.md). The trained model lives
+in ``<workdir>/train``; re-running reads it back and repeats only the norms.
 
 Beyond the paper, which can only sample images: on toy2d (eight Gaussian classes around a
 circle of radius 0.6 in [-1, 1]^2; its "images" are ``[1, 1, 2]`` points) the representation's
@@ -19,11 +18,8 @@ vanishes), and a linear scale would show that spike and nothing else. The known 
 training points are drawn by class; the unknown classes' test points as white crosses. With
 the default split (known 0, 2, 4, 6 and unknown 1, 3, 5, 7 between them), what training does
 is the paper's claim in the input space: the norm falls on and beyond the known classes and
-stays high in the open space between them, where the unknown classes lie. Measured with the
-defaults: the median norm at the known training points falls from 1.72 to 0.39 while at the
-unknown test points it stays at 1.7-1.75, and the norm's AUROC (known-test vs unknown-test)
-goes from 0.48 to 0.995; the trained map is dark on rays through the known classes and bright
-on the diagonals between them and at the centre.
+stays high in the open space between them, where the unknown classes lie. What the
+defaults measure is in the README's table "The paper's theory on digits" (the heat map row).
 
 ``results.json`` gives, before and after training, the median norm over the plane, at the
 known-train and unknown-test points, and the AUROC of the norm as an unknown score
@@ -33,10 +29,13 @@ model (one seed; the figure is a picture, not an estimate).
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from matplotlib.colors import LogNorm
+from matplotlib.figure import Figure
 
 from jacosr import jacobian
 from jacosr.config import require, to_dict
@@ -44,11 +43,14 @@ from jacosr.data import DataConfig, load_open_set
 from jacosr.experiments.command import Command
 from jacosr.metrics import metric_auroc
 from jacosr.models import embedding_apply
-from jacosr.plots import plot_input_plane_norms
-from jacosr.train import TrainConfig, fit, init_train_state
+from jacosr.plots import class_colours
+from jacosr.recipe import TrainConfig, resolve
+from jacosr.runs import RESULTS
+from jacosr.step import init_train_state
+from jacosr.train import fit
 from jacosr.workdir import open_workdir
 
-OUTPUTS = ("results.json", "heatmap.npz", "heatmap.png")
+OUTPUTS = (RESULTS, "heatmap.npz", "heatmap.png")
 POINT_SHAPE = (1, 1, 2)  # toy2d's "image" of a point of the plane
 
 
@@ -106,8 +108,9 @@ def run(config: HeatmapConfig, workdir: Path, *, overwrite: bool = False) -> dic
     data = load_open_set(config.train.data)
     with open_workdir(workdir, to_dict(config), outputs=OUTPUTS, overwrite=overwrite) as opened:
         workdir = opened.path
-        graphdef, initial = init_train_state(config.train, data)
-        _, trained = fit(config.train, data, workdir / "train")  # the same architecture
+        train = resolve(config.train)
+        graphdef, initial = init_train_state(train, data)
+        _, trained = fit(train, data, workdir / "train")  # the same architecture
         grid = plane_grid(config.resolution, config.extent)
         parts = (
             grid.reshape(-1, *POINT_SHAPE),
@@ -143,7 +146,7 @@ def run(config: HeatmapConfig, workdir: Path, *, overwrite: bool = False) -> dic
             ),
         )
         results = {"config": to_dict(config), "split": data.describe(), **stages}
-        opened.write_json("results.json", results)
+        opened.write_json(RESULTS, results)
         split = data.describe()
         figure = plot_input_plane_norms(
             grids,
@@ -172,6 +175,76 @@ def format_summary(results: dict) -> str:
             f"AUROC(||J||) {r['auroc_jacobian_norm']:.4f}"
         )
     return "\n".join(lines)
+
+
+def plot_input_plane_norms(
+    grids: Mapping[str, np.ndarray],
+    extent: float,
+    known: tuple[np.ndarray, np.ndarray],
+    unknown: np.ndarray | None,
+    *,
+    class_names: Sequence[str],
+    title: str,
+) -> Figure:
+    """||df/dx||_F over a 2-D input plane as heat maps on one logarithmic colour scale.
+
+    ``grids``: panel title (e.g. before / after training) -> ``[R, R]`` norms at the points
+    ``(u[j], u[i])`` of ``u = linspace(-extent, extent, R)`` (row i is height u[i]);
+    ``known``: ``(points [N, 2], labels [N] in 0..K-1)`` drawn by class; ``unknown``:
+    ``[M, 2]`` points drawn as white crosses, or None. The scale is logarithmic because the
+    unit normalisation makes the norm blow up where the network's z vanishes, which a linear
+    scale shows and nothing else; it is shared, so the panels compare directly.
+    """
+    values = np.concatenate([g.ravel() for g in grids.values()])
+    values = values[np.isfinite(values) & (values > 0)]
+    scale = LogNorm(values.min(), values.max())
+    colours = class_colours(len(class_names))
+    points, labels = known
+    fig = Figure(figsize=(5.2 * len(grids) + 1.6, 5.4), layout="constrained")
+    axes = fig.subplots(1, len(grids), squeeze=False)[0]
+    for ax, (name, grid) in zip(axes, grids.items(), strict=True):
+        image = ax.imshow(
+            grid,
+            origin="lower",
+            extent=(-extent, extent, -extent, extent),
+            norm=scale,
+            cmap="magma",
+            interpolation="nearest",
+        )
+        for k, (colour, class_name) in enumerate(zip(colours, class_names, strict=True)):
+            ax.scatter(
+                *points[labels == k].T,
+                s=3,
+                color=colour,
+                alpha=0.7,
+                linewidths=0,
+                label=f"known {class_name}",
+            )
+        if unknown is not None:
+            ax.scatter(
+                *unknown.T,
+                s=5,
+                marker="x",
+                color="white",
+                alpha=0.6,
+                linewidths=0.5,
+                label="unknown",
+            )
+        ax.set_title(name)
+        ax.set_xlabel("$x_1$")
+        ax.set_ylabel("$x_2$")
+        ax.set_aspect("equal")
+    fig.colorbar(image, ax=axes, label=r"$\|\partial f / \partial x\|_F$ (log scale)", shrink=0.85)
+    fig.legend(
+        *axes[0].get_legend_handles_labels(),
+        loc="outside lower center",
+        ncol=len(class_names) + 1,
+        frameon=False,
+        fontsize=8,
+        markerscale=3,
+    )
+    fig.suptitle(title, fontsize=10)
+    return fig
 
 
 COMMAND = Command(

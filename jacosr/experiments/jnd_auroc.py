@@ -5,34 +5,31 @@
     python -m jacosr.experiments.jnd_auroc --benchmark cifar10 --draws 5 --backbone wrn16_4 \\
         --embed-dim 256 --steps 20000 --workdir runs/jnd_auroc-cifar10   # the paper's (a GPU job)
 
-Runtime on 2 CPU cores: 57 s wall, 85 s of CPU (user + sys) at load average 0.9-1.5 (this
-job included); 136 s wall (97 s of CPU) at load 6-7 with other jobs on the cores; measured with
-``/usr/bin/time`` from an empty workdir: 12 runs of 2,000 steps of the digits MLP (Ours carries
-the rotation task, twice the cost of a step), then 12 exact measurements. A re-run that finds
-everything finished and measured takes 4 s; ``--runs`` on the ablation's 70 digits runs
-measures them in 19 s (25 s of CPU). ``--draws 5`` is the paper's five known sets per
-method.
+The default trains 12 runs of 2,000 steps of the digits MLP (Ours carries the rotation task,
+twice the images per step), then measures 12 final models exactly; a re-run that finds
+everything finished and measured trains and measures nothing (runtimes, also of ``--runs`` on
+the ablation's 70 digits runs: experiments/README.md). ``--draws 5`` is the paper's five
+known sets per method.
 
-What it does. Every point is one trained model, a method on one known set. By default the
-command trains ``--methods`` (rows of Table III, :mod:`jacosr.experiments.ablation`; default
-m-OvR, f = N-SCE with weight decay, g = m-OvR with weight decay, Ours = all six components)
-on ``--draws`` known sets:
-on a ``--benchmark`` its standard splits 0..draws-1 (the paper's "protocol of [13]"), on any
-other data set random sets of as many classes as ``--known`` has (digits: 6 of the 10 digits,
-as CIFAR10's six known classes), the same sets for every method (:func:`draw_known_sets`). The
+What it does. Every point is one trained model, a method on one known set. By default the command
+trains ``--methods`` (rows of Table III, :data:`jacosr.recipe.ROWS`; default m-OvR, f = N-SCE with
+weight decay, g = m-OvR with weight decay, Ours = all six components) on ``--draws`` known sets: on
+a ``--benchmark`` its standard splits 0..draws-1 (the paper's "protocol of [13]"), on any other data
+set random sets of as many classes as ``--known`` has (digits: 6 of the 10 digits, as CIFAR10's six
+known classes), the same sets for every method (:func:`jacosr.data.known_sets.draw_known_sets`). The
 runs live in ``<workdir>/runs/<method>/<data set>/known<classes>`` (``.../split<i>`` on a
 benchmark), the layout of the ablation's workdir. With ``--runs DIR ...`` it trains nothing and
-measures instead every finished run (one with results.json) found under those folders: the
-grid runs of a losses_table, ablation, protocol_a, sensitivity or dynamics workdir, or single
-training runs. Those folders are only read (:func:`jacosr.experiments.compare.collect` and
-:func:`jacosr.train.load_run`, which takes no lock and writes nothing). A found run's method is
-the folder right below its experiment's ``runs/`` (the ablation's row, the loss table's loss);
-a run outside such a layout is named by what it trains
-(:func:`jacosr.experiments.dynamics.variant_name`, e.g. ``movr+W``).
+measures instead every finished run (one with results.json) found under those folders: the grid runs
+of a losses_table, ablation, protocol_a, sensitivity or dynamics workdir, or single training runs.
+Those folders are only read (:func:`jacosr.runs.collect` and :func:`jacosr.runs.load_run`, which
+takes no lock and writes nothing). A found run's method is the folder right below its experiment's
+``runs/`` (the ablation's row, the loss table's loss); a run outside such a layout is named by what
+it trains (:func:`jacosr.recipe.run_name`, e.g. ``movr+W``).
 
-Each model's final state is measured as :mod:`jacosr.dynamics` measures a tracked step
-(:func:`jacosr.dynamics.measure`, with the ``--track-estimator``, ``--track-probes``,
-``--track-samples`` and ``--track-seed`` settings: exact norms of every digits test image):
+Each model's final state is measured as :mod:`jacosr.tracking` measures a tracked step
+(:func:`jacosr.tracking.measure`, through :func:`jacosr.runs.measure_runs`, with the
+``--track-estimator``, ``--track-probes``, ``--track-samples`` and ``--track-seed`` settings:
+exact norms of every digits test image):
 the JND (Eq. 20) is the mean ||df/dx||_F of the unknown test samples minus that of the known
 ones, the AUROC the loss score's (Eq. 22, the paper's detector and "AUC"). Measurements are
 kept in results.json with each run's identity (its config and the SHA-256 of its data), so a
@@ -49,19 +46,11 @@ marker and each method's mean ± 1 std as a cross, the correlations under the pa
 What the paper's Fig. 12 shows (WRN-16-4, per benchmark, 14 ablation rows x 5 splits): a
 positive correlation between JND and AUROC, strong on CIFAR10 and TinyImageNet, non-linear on
 CIFAR+10/+50, weak on SVHN (AUROC saturated), and "the all combined model" (Ours) has the
-largest JND. What the default shows on digits (mean ± std over the 3 known sets): m-OvR JND
-0.35 ± 0.05, AUROC 0.952 ± 0.011; f (N-SCE with W) 0.53 ± 0.10, 0.898 ± 0.030; g 0.40 ± 0.04,
-0.956 ± 0.013; Ours 0.45 ± 0.08, 0.902 ± 0.043. Unlike the paper, across these rows the JND
-does not track the AUROC: the two rows with the largest JND (f, Ours) detect worst, and over
-the 12 models Pearson r = -0.31, Spearman rho = -0.29; within each row the known sets order
-JND and AUROC alike (Spearman 0.5 for each row, from 3 points each). Ours does not have the
-largest JND (f has). Adding Baseline (SCE without weight decay, an unnormalised embedding:
-JND -3.6 ± 3.3, AUROC 0.70) makes the correlation positive (Pearson 0.71, Spearman 0.52 over
-Baseline, m-OvR, g and Ours), carried by that one distant row, which also squeezes the others
-on the axis, so the default leaves it out. ``--runs`` on the ablation's default workdir (14
-rows x 5 seeds, known 0..5, 2,000 steps): Pearson 0.38, Spearman 0.12 over the 70 models,
--0.24 and -0.27 over the 50 of the rows with N; Ours has the second-largest mean JND (0.60,
-after f's 0.62).
+largest JND. The default leaves out Baseline (SCE without weight decay): its unnormalised
+embedding puts its JND far from the normalised rows', where one distant row would carry the
+correlation and squeeze the others on the axis. What the default and ``--runs`` on the
+ablation's workdir measure on digits is in the README ("The paper's theory on digits", the
+Fig. 12 row).
 
 Readings: the paper's methods are Table III's rows (Fig. 12 is in its ablation section and
 says "the all combined model"), so ``--methods`` takes row labels; its "different known set"
@@ -74,51 +63,34 @@ scale-free.
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from matplotlib.figure import Figure
 
 from jacosr.config import from_dict, require, to_dict
-from jacosr.data import DataConfig
-from jacosr.data.splits import NUM_SPLITS
+from jacosr.data import NUM_SPLITS, DataConfig
+from jacosr.data.known_sets import draw_known_sets, known_set_name, source_classes, with_known
 from jacosr.evaluate import EvalConfig
-from jacosr.experiments.ablation import ROWS, ablation_config
 from jacosr.experiments.command import Command
-from jacosr.experiments.compare import collect
-from jacosr.experiments.dynamics import variant_name
-from jacosr.experiments.grid import (
-    draw_known_sets,
-    grid_identity,
-    known_set_name,
-    markdown_table,
-    measure_runs,
-    print_expected_gpu_time,
-    run_grid,
-    source_classes,
-    split_grid,
-    summarise,
-    with_known,
-)
+from jacosr.grids import grid_identity, print_grid, run_grid, split_grid
 from jacosr.metrics import metric_correlations
-from jacosr.plots import plot_grouped_scatter
-from jacosr.train import ResolvedTrainConfig, TrainConfig
+from jacosr.plots import class_colours
+from jacosr.recipe import ROWS, ResolvedTrainConfig, TrainConfig, ablation_config, resolve, run_name
+from jacosr.runs import RESULTS, collect, measure_runs, read_outputs
+from jacosr.tables import markdown_table, summarise_values
 from jacosr.workdir import MARKER, open_workdir
 
-OUTPUTS = ("results.json", "jnd_auroc.md", "jnd_auroc.png")
+OUTPUTS = (RESULTS, "jnd_auroc.md", "jnd_auroc.png")
 EVALUATION = EvalConfig(scores=("loss",))
 """Each trained run's own evaluation (its results.json); the figure uses the measured rows."""
 EXTENT = ("methods", "draws", "runs")
 """The config fields that only choose which models are measured: left out of the workdir's
-identity (:func:`jacosr.experiments.grid.grid_identity`), so more methods or draws add runs."""
-COLUMNS = {
-    "JND": ("jnd",),
-    "AUROC (loss score)": ("auroc_loss",),
-    "accuracy": ("accuracy",),
-}
-"""The summary table's columns: header -> key of a measured row (:func:`jacosr.dynamics.
+identity (:func:`jacosr.grids.grid_identity`), so more methods or draws add runs."""
+COLUMNS = {"JND": "jnd", "AUROC (loss score)": "auroc_loss", "accuracy": "accuracy"}
+"""The summary table's columns: header -> key of a measured row (:func:`jacosr.tracking.
 measure`)."""
 METHODS = {row.label: row for row in ROWS}
 """The methods ``--methods`` trains: Table III's rows by label."""
@@ -174,12 +146,14 @@ class JndAurocConfig:
         require(self.draw_seed >= 0, "--draw-seed", ">= 0", self.draw_seed)
 
 
-def training_grid(config: JndAurocConfig) -> dict[str, TrainConfig]:
+def training_grid(config: JndAurocConfig) -> dict[str, ResolvedTrainConfig]:
     """``<method>/<data set>/known<classes>`` (``<method>/<benchmark>/split<i>`` on a
-    benchmark) -> the training config of that run."""
+    benchmark) -> the training config of that run (none with ``--runs``)."""
+    if config.runs:
+        return {}
     rows = [METHODS[name] for name in config.methods]
 
-    def rows_of(base: TrainConfig) -> dict[str, TrainConfig]:
+    def rows_of(base: ResolvedTrainConfig) -> dict[str, ResolvedTrainConfig]:
         return {row.label: ablation_config(row.switches, base) for row in rows}
 
     data = config.train.data
@@ -192,7 +166,7 @@ def training_grid(config: JndAurocConfig) -> dict[str, TrainConfig]:
     except ValueError as err:
         raise ValueError(f"--known, --draws: {err}") from None
     grid = {}
-    for row, run in rows_of(config.train).items():
+    for row, run in rows_of(resolve(config.train)).items():
         for draw in draws:
             known = draw[size]
             name = f"{row}/{data.dataset}/{known_set_name(known)}"
@@ -204,12 +178,12 @@ def method_of(run: Path, config: dict) -> str:
     """The method a finished run stands for: the folder right below the ``runs/`` of the
     experiment workdir that holds it (a folder with jacosr's marker), e.g. ``Ours`` for
     ``runs/ablation/runs/Ours/digits/seed0``; for a run outside such a layout, what it trains
-    (:func:`jacosr.experiments.dynamics.variant_name` of its resolved ``config``)."""
+    (:func:`jacosr.recipe.run_name` of its resolved ``config``)."""
     run = Path(run).resolve()
     for folder in run.parents:
         if folder.name == "runs" and (folder.parent / MARKER).exists():
             return run.relative_to(folder).parts[0]
-    return variant_name(from_dict(ResolvedTrainConfig, config))
+    return run_name(from_dict(ResolvedTrainConfig, config))
 
 
 def panels(records: Mapping[str, dict]) -> dict[str, dict]:
@@ -239,9 +213,12 @@ def panels(records: Mapping[str, dict]) -> dict[str, dict]:
 
 def _table(records: Mapping[str, dict]) -> str:
     """Mean ± std of JND, AUROC and accuracy per method and data set, in Markdown."""
-    # summarise groups the runs by what precedes the last "/" of their names
-    grouped = {f"{r['method']} ({r['dataset']})/{i}": r for i, r in enumerate(records.values())}
-    return markdown_table(summarise(grouped, COLUMNS), row_header="method (data set)")
+    # summarise_values groups the runs by what precedes the last "/" of their names
+    grouped = {
+        f"{r['method']} ({r['dataset']})/{i}": {header: r[key] for header, key in COLUMNS.items()}
+        for i, r in enumerate(records.values())
+    }
+    return markdown_table(summarise_values(grouped), row_header="method (data set)")
 
 
 def _corr_text(c: dict | None) -> str:
@@ -250,26 +227,27 @@ def _corr_text(c: dict | None) -> str:
     return f"Pearson r = {c['pearson']:.3f}, Spearman rho = {c['spearman']:.3f}"
 
 
-def run(config: JndAurocConfig, workdir: Path, *, overwrite: bool = False) -> dict:
+def run(
+    config: JndAurocConfig, workdir: Path, *, overwrite: bool = False, spread_runs: bool = False
+) -> dict:
     """Train (or read back) the grid, or find the runs of ``--runs``; measure every final
     model; write the table, results.json and the figure; return results.json's content."""
-    grid = {} if config.runs else training_grid(config)
+    grid = training_grid(config)
     if grid:
-        print_expected_gpu_time(grid)
+        print_grid(grid)
     found = collect(config.runs) if config.runs else {}  # before the workdir: a bad path fails
     identity = grid_identity(config, EXTENT)
     with open_workdir(workdir, identity, outputs=OUTPUTS, overwrite=overwrite) as opened:
         workdir = opened.path
         if grid:
-            finished = run_grid(grid, workdir / "runs", EVALUATION)
+            finished = run_grid(grid, workdir / "runs", EVALUATION, spread_runs=spread_runs)
             runs = {name: (workdir / "runs" / name, r) for name, r in finished.items()}
         else:
             runs = {label: (Path(label), r) for label, r in found.items()}
-        path = workdir / "results.json"
-        saved = json.loads(path.read_text()).get("runs", {}) if path.exists() else {}
+        saved = read_outputs(workdir).get("runs", {})
         records = measure_runs(runs, config.train.track, saved)
         for name, record in records.items():
-            record["method"] = method_of(runs[name][0], runs[name][1]["config"])
+            record["method"] = method_of(runs[name][0], runs[name][1].config)
         by_panel = panels(records)
         markdown = _table(records)
         results = {
@@ -279,7 +257,7 @@ def run(config: JndAurocConfig, workdir: Path, *, overwrite: bool = False) -> di
             "panels": by_panel,
             "markdown": markdown,
         }
-        opened.write_json("results.json", results)
+        opened.write_json(RESULTS, results)
         opened.write("jnd_auroc.md", markdown)
         opened.save_figure("jnd_auroc.png", _figure(records, by_panel))
         return results
@@ -330,6 +308,74 @@ def format_summary(results: dict) -> str:
     return "\n".join(lines)
 
 
+def plot_grouped_scatter(
+    panels: Mapping[str, Mapping[str, tuple[np.ndarray, np.ndarray]]],
+    *,
+    xlabel: str,
+    ylabel: str,
+    notes: Mapping[str, str],
+    title: str,
+) -> Figure:
+    """One scatter per panel, one colour and marker per group (Fig. 12: a panel per data set,
+    a group per method, a point per trained model): every point a marker, each group's mean a
+    cross with ± 1 std (ddof 1) error bars in both coordinates (none for a group of one point).
+
+    ``panels``: panel title -> group label -> ``(x [N], y [N])``; a group keeps its colour in
+    every panel. ``notes``: panel title -> a line under the title (e.g. the correlations),
+    where it hides no point. One legend of the groups below the panels.
+    """
+    groups = list(dict.fromkeys(g for panel in panels.values() for g in panel))
+    colour = dict(zip(groups, class_colours(len(groups)), strict=True))
+    markers = "osD^v<>p"  # with tab20's paired hues, the shape tells neighbours apart
+    marker = {g: markers[i % len(markers)] for i, g in enumerate(groups)}
+    fig = Figure(figsize=(1.0 + 4.8 * len(panels), 4.8), layout="constrained")
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    handles = {}
+    for ax, (name, panel) in zip(axes, panels.items(), strict=True):
+        for group, (x, y) in panel.items():
+            x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+            (handles[group],) = ax.plot(
+                x,
+                y,
+                marker[group],
+                linestyle="none",
+                color=colour[group],
+                alpha=0.7,
+                markersize=6,
+                markeredgecolor="black",
+                markeredgewidth=0.4,
+                label=group,
+            )
+            spread = len(x) > 1
+            ax.errorbar(
+                x.mean(),
+                y.mean(),
+                xerr=x.std(ddof=1) if spread else None,
+                yerr=y.std(ddof=1) if spread else None,
+                fmt="X",
+                color=colour[group],
+                markersize=10,
+                markeredgecolor="black",
+                markeredgewidth=0.6,
+                capsize=3,
+                linewidth=1.2,
+            )
+        ax.set_title(f"{name}\n{notes[name]}", fontsize=9)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+    fig.legend(
+        [handles[g] for g in groups],
+        groups,
+        loc="outside lower center",
+        ncol=min(len(groups), (2 if len(groups) <= 6 else 3) * len(panels)),
+        frameon=False,
+        fontsize=9,
+    )
+    fig.suptitle(title, wrap=True, fontsize=10)
+    return fig
+
+
 COMMAND = Command(
     module=__name__,
     config=JndAurocConfig,
@@ -342,6 +388,7 @@ COMMAND = Command(
     outputs=OUTPUTS,
     runs="the runs it trains (runs/<method>/<data set>/<known set>)",
     summary=format_summary,
+    grid=training_grid,
 )
 
 

@@ -5,22 +5,20 @@
     python -m jacosr.experiments.known_classes --dataset cifar10 --backbone vgg32 \\
         --embed-dim 128 --steps 20000 --ks 2 3 4 5 6 7 8 9 --workdir runs/known_classes-cifar10
 
-Runtime on 2 CPU cores: 103 s wall, 146 s of CPU (user + sys) at load average 1.6-1.8 (this
-job included), measured with ``/usr/bin/time`` from an empty workdir: 21 runs of 2,000 steps
-of the digits MLP, about 5 s each, mostly compiling (each known set has its own training-set
-size, so its own program), then 21 exact measurements (about 10 s). A re-run that finds every
-run finished and measured takes 4 s. At 1,000 steps (135 s wall at load 2-5, 107 s of CPU) the
-JND's rise with K does not show yet (Spearman 0.35, p = 0.12), hence the 2,000 steps of the
-other digits experiments.
+The default trains 21 runs of 2,000 steps of the digits MLP (each known set has its own
+training-set size, so its own training program), then measures the 21 final models exactly;
+a re-run that finds every run finished and measured trains and measures nothing (runtime:
+experiments/README.md). The 2,000 steps are the other digits experiments': at 1,000 the
+JND's rise with K did not show yet (README, "The paper's theory on digits").
 
 For every K of ``--ks`` it trains ``--draws`` models, each on a random set of K known classes
 of the data set with every other class unknown, then measures each final model as
-:mod:`jacosr.dynamics` measures a tracked step (:func:`jacosr.dynamics.measure`; exact
+:mod:`jacosr.tracking` measures a tracked step (:func:`jacosr.tracking.measure`; exact
 Jacobian norms of every digits test image; the settings of ``--track-estimator``,
 ``--track-probes``, ``--track-samples``, ``--track-seed``): the JND (Eq. 20, mean ||df/dx||_F
 of the unknown test samples minus that of the known), the AUROC of the loss score (Eq. 22),
 the two mean norms, the closed-set accuracy. The draws are nested and paired
-(:func:`jacosr.experiments.grid.draw_known_sets`): draw d is a random order of the
+(:func:`jacosr.data.known_sets.draw_known_sets`): draw d is a random order of the
 classes and its set for K is the first K of them, so each draw is a curve over K on which only
 K changes. The training seed (``--seed``) is the same for every run: the draws vary the
 classes, not the initialisation. Runs live in ``<workdir>/runs/K<k>/known<classes>``; re-running
@@ -39,15 +37,8 @@ the correlations) and ``known_classes.png``: against K, (a) the JND, (b) the AUR
 
 The paper's Fig. 6 shows the JND growing with K (its text: "the Jacobian norm difference
 becomes larger with a larger number K of known classes"; by Theorem 2, more pairs of known
-classes to push apart put more of the open set at high norm). What the default shows on
-digits (results.json): the JND
-rises with K, as the paper says, but not steadily: flat from K = 2 to 5 (0.33 ± 0.08, 0.29 ±
-0.02, 0.33 ± 0.02, 0.33 ± 0.02), then 0.40 ± 0.04, 0.41 ± 0.05, 0.42 ± 0.03 at K = 6, 7, 8;
-over the 21 runs Spearman rho = 0.70 (p = 0.0004), Kendall tau = 0.55 (p = 0.0009). Both mean
-norms grow with K (known 0.08 -> 0.37, unknown 0.41 -> 0.79): more classes do not keep the
-known norm near zero, the unknown norm just grows more. The AUROC is lowest at K = 2 (0.82 ±
-0.07: two known digits against eight unknown) and 0.93-0.96 from K = 3 on (Spearman 0.51, p =
-0.02).
+classes to push apart put more of the open set at high norm). What the default measures on
+digits is in the README ("The paper's theory on digits", the Fig. 6 row).
 
 Readings: the paper does not say which classes are unknown for each K; here every class that
 is not known is unknown (so the unknown set shrinks as K grows, which the draws average over),
@@ -58,35 +49,26 @@ default trains on every known training image (no known-val, as in Protocol A).
 from __future__ import annotations
 
 import dataclasses
-import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from matplotlib.figure import Figure
 
 from jacosr.config import require, to_dict
-from jacosr.data import DataConfig
-from jacosr.data.splits import resolve_benchmark
+from jacosr.data import DataConfig, resolve_benchmark
+from jacosr.data.known_sets import draw_known_sets, known_set_name, source_classes, with_known
 from jacosr.evaluate import EvalConfig
 from jacosr.experiments.command import Command
-from jacosr.experiments.grid import (
-    draw_known_sets,
-    grid_identity,
-    known_set_name,
-    markdown_table,
-    measure_runs,
-    print_expected_gpu_time,
-    run_grid,
-    source_classes,
-    summarise,
-    with_known,
-)
+from jacosr.grids import grid_identity, print_grid, run_grid
 from jacosr.metrics import metric_correlations
-from jacosr.plots import plot_paired_series
-from jacosr.train import TrainConfig
+from jacosr.recipe import ResolvedTrainConfig, TrainConfig, resolve
+from jacosr.runs import RESULTS, measure_runs, read_outputs
+from jacosr.tables import markdown_table, summarise_values
 from jacosr.workdir import open_workdir
 
-OUTPUTS = ("results.json", "known_classes.md", "known_classes.png")
+OUTPUTS = (RESULTS, "known_classes.md", "known_classes.png")
 EVALUATION = EvalConfig(scores=("loss",))
 """Each run's own evaluation (its results.json); the figure uses the measured rows."""
 DEFAULT_STEPS = 2000
@@ -161,7 +143,7 @@ class KnownClassesConfig:
 
 def training_grid(
     config: KnownClassesConfig, num_classes: int
-) -> tuple[list[dict], dict[str, TrainConfig]]:
+) -> tuple[list[dict], dict[str, ResolvedTrainConfig]]:
     """The draws (``[{K: classes}]``, one dict per draw) and the runs, ``K<k>/known<classes>``
     -> training config, K ascending, for a data set of ``num_classes`` classes."""
     ks = sorted(config.ks)
@@ -169,9 +151,10 @@ def training_grid(
         draws = draw_known_sets(num_classes, ks, config.draws, config.draw_seed)
     except ValueError as err:
         raise ValueError(f"--ks, --draws: {err}") from None
+    base = resolve(config.train)
     grid = {
         f"K{k}/{known_set_name(draw[k])}": dataclasses.replace(
-            config.train, data=with_known(config.train.data, draw[k])
+            base, data=with_known(base.data, draw[k])
         )
         for k in ks
         for draw in draws
@@ -190,18 +173,23 @@ def series(records: dict[str, dict], draws: list[dict], ks: list[int]) -> dict:
     return out
 
 
-def run(config: KnownClassesConfig, workdir: Path, *, overwrite: bool = False) -> dict:
+def run(
+    config: KnownClassesConfig,
+    workdir: Path,
+    *,
+    overwrite: bool = False,
+    spread_runs: bool = False,
+) -> dict:
     """Train (or read back) every K x draw, measure the final models, write the table, the
     figure and results.json; return results.json's content."""
     num_classes = source_classes(config.train.data)
     draws, grid = training_grid(config, num_classes)  # a K too large fails before the workdir
-    print_expected_gpu_time(grid)
+    print_grid(grid)
     identity = grid_identity(config, ("ks", "draws"))
     with open_workdir(workdir, identity, outputs=OUTPUTS, overwrite=overwrite) as opened:
         workdir = opened.path
-        finished = run_grid(grid, workdir / "runs", EVALUATION)
-        path = workdir / "results.json"
-        saved = json.loads(path.read_text()).get("runs", {}) if path.exists() else {}
+        finished = run_grid(grid, workdir / "runs", EVALUATION, spread_runs=spread_runs)
+        saved = read_outputs(workdir).get("runs", {})
         runs = {name: (workdir / "runs" / name, r) for name, r in finished.items()}
         records = measure_runs(runs, config.train.track, saved)
         ks = sorted(config.ks)
@@ -210,8 +198,12 @@ def run(config: KnownClassesConfig, workdir: Path, *, overwrite: bool = False) -
         correlations = {
             metric: metric_correlations(every_k, np.ravel(values[metric])) for metric in CORRELATED
         }
-        columns = {header: (metric,) for metric, header in METRICS.items()}
-        summary = summarise(records, columns)
+        summary = summarise_values(
+            {
+                name: {header: row[metric] for metric, header in METRICS.items()}
+                for name, row in records.items()
+            }
+        )
         markdown = markdown_table(summary, row_header="K")
         data = resolve_benchmark(config.train.data)
         results = {
@@ -226,7 +218,7 @@ def run(config: KnownClassesConfig, workdir: Path, *, overwrite: bool = False) -
             "correlations": correlations,
             "markdown": markdown,
         }
-        opened.write_json("results.json", results)
+        opened.write_json(RESULTS, results)
         opened.write("known_classes.md", markdown)
         opened.save_figure("known_classes.png", _figure(results, config))
         return results
@@ -288,6 +280,67 @@ def format_summary(results: dict) -> str:
     return "\n".join(lines)
 
 
+def plot_paired_series(
+    xs: np.ndarray,
+    panels: Mapping[str, Mapping[str, np.ndarray]],
+    *,
+    xlabel: str,
+    notes: Mapping[str, str],
+    replicates: str,
+    title: str,
+) -> Figure:
+    """Metrics against a count, one panel per y-axis label (Fig. 6: the JND, the AUROC and the
+    mean norms against the number K of known classes): per series the mean over replicates as
+    a line with a ± 1 std (ddof 1) band, and each replicate's values as a thin line (a
+    replicate is paired across x, e.g. one draw's nested known sets).
+
+    ``xs: [P]`` the x values, each one a tick; ``panels``: y label -> series label -> ``[P,
+    S]`` values of S replicates (a panel of several series gets a legend of them);
+    ``notes``: y label -> the panel's title (e.g. a correlation; none when missing);
+    ``replicates``: what a replicate is, for the legend below the panels (e.g. "draws").
+    """
+    xs = np.asarray(xs)
+    order = np.argsort(xs)
+    xs = xs[order]
+    fig = Figure(figsize=(0.6 + 4.4 * len(panels), 4.2), layout="constrained")
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (label, series) in zip(axes, panels.items(), strict=True):
+        for i, (name, values) in enumerate(series.items()):
+            values = np.asarray(values, dtype=float)[order]
+            colour = f"C{i}"
+            mean = values.mean(axis=1)
+            std = values.std(axis=1, ddof=1) if values.shape[1] > 1 else np.zeros_like(mean)
+            ax.fill_between(xs, mean - std, mean + std, color=colour, alpha=0.2, linewidth=0)
+            ax.plot(xs, values, "-", color=colour, alpha=0.35, linewidth=0.8)
+            ax.plot(xs, values, ".", color=colour, alpha=0.6, markersize=4)
+            ax.plot(xs, mean, "o-", color=colour, markersize=5, linewidth=2, label=name)
+        if len(series) > 1:
+            ax.legend(frameon=False, fontsize=8, loc="best")
+        if label in notes:
+            ax.set_title(notes[label], fontsize=9)
+        ax.set_xticks(xs)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    # Empty artists: the legend of what the lines, bands and thin lines are.
+    key = axes[0]
+    legend = [
+        key.plot([], [], "o-", color="grey", linewidth=2, markersize=5)[0],
+        key.fill_between([], [], color="grey", alpha=0.3, linewidth=0),
+        key.plot([], [], ".-", color="grey", alpha=0.5, linewidth=0.8)[0],
+    ]
+    fig.legend(
+        legend,
+        [f"mean over {replicates}", f"± 1 std over {replicates}", f"one of the {replicates}"],
+        loc="outside lower center",
+        ncol=3,
+        frameon=False,
+        fontsize=9,
+    )
+    fig.suptitle(title, wrap=True, fontsize=10)
+    return fig
+
+
 COMMAND = Command(
     module=__name__,
     config=KnownClassesConfig,
@@ -300,6 +353,7 @@ COMMAND = Command(
     outputs=OUTPUTS,
     runs="the runs (runs/K<k>/known<classes>)",
     summary=format_summary,
+    grid=lambda config: training_grid(config, source_classes(config.train.data))[1],
 )
 
 

@@ -3,11 +3,10 @@
     python -m jacosr.experiments.loss_vs_norm                 # digits, known 0..5, m-OvR, 3 seeds
     python -m jacosr.experiments.loss_vs_norm --benchmark mnist --backbone vgg32 --embed-dim 128
 
-Runtime on 2 CPU cores: 24 s wall (23 s CPU) on a quiet machine, 41 s at load average 6.5
-(25 s CPU): three 2,000-step runs of the digits MLP, then the loss and the exact ||df/dx||_F
-of the 539 test images under each, imports and compilation included. Each seed's run lives in
-``<workdir>/runs/<loss>/seed<i>``; re-running reads the finished runs back and only repeats
-the analysis (9 s CPU, mostly imports and compilation).
+The default trains three 2,000-step runs of the digits MLP, then computes the loss and the
+exact ||df/dx||_F of the 539 test images under each (runtime: experiments/README.md). Each
+seed's run lives in ``<workdir>/runs/<loss>/seed<i>``; re-running reads the finished runs back
+and only repeats the analysis.
 
 For every test sample (known-test and unknown-test, at most ``--max-samples`` of each, the
 same seeded subset for every seed) it computes the loss at the pseudo label (Eq. 22,
@@ -26,12 +25,8 @@ separated by the loss than by the norm, which is why the loss is the unknown sco
 measures a linear relation of the raw values, which a few large losses dominate; Spearman, the
 rank correlation, is what the log-log picture shows.
 
-On digits (3 seeds) the first claim holds: Spearman 0.92 ± 0.02 over all samples (0.76 within
-the known, 0.69 within the unknown), known samples at low norm and loss, unknown ones at high
-norm and loss. The second does not on digits: the loss and the norm separate equally well
-(AUROC 0.973 ± 0.006 and 0.973 ± 0.002). With ``--loss sce`` the loss separates far better
-than the norm (0.981 vs 0.723) while hardly correlating with it (Spearman 0.37 ± 0.28): there
-the loss carries what the norm does not.
+What the default measures on digits, claim by claim, is in the README ("The paper's theory
+on digits", the Fig. 7 row).
 """
 
 from __future__ import annotations
@@ -40,23 +35,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from flax import nnx
+from matplotlib.figure import Figure
 
-from jacosr import jacobian
 from jacosr.config import require, to_dict
-from jacosr.data import OpenSetData, Split, load_open_set, to_float
-from jacosr.evaluate import predict, subset_indices
+from jacosr.data import load_open_set
+from jacosr.evaluate import capped_test_splits, per_sample
 from jacosr.experiments.command import Command
-from jacosr.experiments.grid import markdown_table, seed_grid, summarise
-from jacosr.losses import LossConfig
+from jacosr.grids import seed_grid
 from jacosr.metrics import metric_auroc, metric_correlations
-from jacosr.models import ModelState, embedding_apply
-from jacosr.plots import plot_loss_vs_norm
-from jacosr.scores import score_loss
-from jacosr.train import TrainConfig, fit
+from jacosr.plots import KNOWN_COLOUR, UNKNOWN_COLOUR
+from jacosr.recipe import TrainConfig, resolve
+from jacosr.runs import RESULTS
+from jacosr.tables import markdown_table, summarise_values
+from jacosr.train import fit
 from jacosr.workdir import open_workdir
 
-OUTPUTS = ("results.json", "samples.npz", "loss_vs_norm.png")
+OUTPUTS = (RESULTS, "samples.npz", "loss_vs_norm.png")
 GROUPS = ("all", "known", "unknown")
 # The summary table's columns: header -> the path of keys in one seed's record.
 COLUMNS = {
@@ -97,42 +91,6 @@ class LossVsNormConfig:
         require(self.max_samples >= 3, "--max-samples", ">= 3", self.max_samples)
 
 
-def capped_test_splits(data: OpenSetData, max_samples: int, seed: int) -> tuple[Split, Split]:
-    """Known-test and unknown-test, each cut to at most ``max_samples`` samples.
-
-    The kept samples are drawn without replacement by ``default_rng(seed)`` and keep their
-    order in the split; a split no larger than ``max_samples`` is returned whole.
-    """
-    rng = np.random.default_rng(seed)
-
-    def cut(split: Split) -> Split:
-        if len(split.y) <= max_samples:
-            return split
-        keep = subset_indices(len(split.y), max_samples, rng)
-        return Split(split.x[keep], split.y[keep])
-
-    return cut(data.known_test), cut(data.unknown_test)
-
-
-def per_sample(
-    graphdef: nnx.GraphDef, state: ModelState, x: np.ndarray, loss: LossConfig
-) -> dict[str, np.ndarray]:
-    """What the analyses of one model need of each input ``x: [N, H, W, C]``.
-
-    Returns ``{"embedding": [N, D], "loss": [N], "norm": [N]}``: the eval-mode representation
-    f(x), the loss at the pseudo label (Eq. 22) and the exact ||df/dx||_F. The Jacobian
-    engine takes the state as an argument, so another state of the architecture compiles
-    nothing.
-    """
-    outputs = predict(graphdef, state, x)
-    norms = jacobian.jacobian_norms(embedding_apply(graphdef), to_float(x), params=state)
-    return {
-        "embedding": np.asarray(outputs.embedding),
-        "loss": np.asarray(score_loss(outputs, loss)),
-        "norm": norms,
-    }
-
-
 UNDEFINED = {"pearson": float("nan"), "spearman": float("nan")}
 """A group's correlations where none is defined (a constant loss or norm): NaN, which the
 summary over seeds then carries."""
@@ -166,7 +124,7 @@ def run(config: LossVsNormConfig, workdir: Path, *, overwrite: bool = False) -> 
         workdir = opened.path
         loss_name = config.train.loss.loss
         records, samples = {}, []
-        for name, train in seed_grid({loss_name: config.train}, config.seeds).items():
+        for name, train in seed_grid({loss_name: resolve(config.train)}, config.seeds).items():
             graphdef, state = fit(train, data, workdir / "runs" / name)
             values = [per_sample(graphdef, state, s.x, config.train.loss) for s in (known, unknown)]
             records[name] = {"seed": train.seed, **measure(*values)}
@@ -181,7 +139,9 @@ def run(config: LossVsNormConfig, workdir: Path, *, overwrite: bool = False) -> 
             "samples.npz",
             lambda f: np.savez(f, seeds=np.arange(config.seeds), **arrays),
         )
-        summary = summarise(records, COLUMNS)
+        summary = summarise_values(
+            {name: {h: _at(r, path) for h, path in COLUMNS.items()} for name, r in records.items()}
+        )
         split = data.describe()
         results = {
             "config": to_dict(config),
@@ -191,7 +151,7 @@ def run(config: LossVsNormConfig, workdir: Path, *, overwrite: bool = False) -> 
             "summary": summary[loss_name],
             "markdown": markdown_table(summary, row_header="loss"),
         }
-        opened.write_json("results.json", results)
+        opened.write_json(RESULTS, results)
         first = records[f"{loss_name}/seed0"]
         figure = plot_loss_vs_norm(
             (arrays["norm_known"][0], arrays["norm_unknown"][0]),
@@ -202,6 +162,13 @@ def run(config: LossVsNormConfig, workdir: Path, *, overwrite: bool = False) -> 
         )
         opened.save_figure("loss_vs_norm.png", figure)
         return results
+
+
+def _at(record: dict, path: tuple[str, ...]) -> float:
+    """The number at ``path`` in a seed's record (a column of the summary)."""
+    for key in path:
+        record = record[key]
+    return float(record)
 
 
 def _note(first: dict, summary: dict, seeds: int) -> str:
@@ -229,6 +196,74 @@ def format_summary(results: dict) -> str:
     """The mean ± std table over seeds."""
     n = results["num_samples"]
     return f"{n['known']} known and {n['unknown']} unknown test samples\n{results['markdown']}"
+
+
+def _log_floor(values: np.ndarray) -> np.ndarray:
+    """``values`` for a log axis: zeros and negatives raised to the smallest positive value."""
+    positive = values[values > 0]
+    return np.maximum(values, positive.min() if positive.size else 1.0)
+
+
+def plot_loss_vs_norm(
+    norms: tuple[np.ndarray, np.ndarray],
+    losses: tuple[np.ndarray, np.ndarray],
+    *,
+    title: str,
+    note: str = "",
+) -> Figure:
+    """Per-sample loss against ||df/dx||_F, known and unknown coloured (Fig. 7).
+
+    ``norms``, ``losses``: ``(known [N_k], unknown [N_u])`` each. Both axes are logarithmic
+    (losses span orders of magnitude; a loss of exactly 0 is drawn at the smallest positive
+    one); the margins hold each group's histogram of the quantity on that axis, so one sees
+    which of the two separates known from unknown. ``note``: text under the axes (the
+    numbers), kept off the data whatever the correlation.
+    """
+    lines = note.count("\n") + 1 if note else 0
+    fig = Figure(figsize=(7.5, 6.5 + 0.16 * lines), layout="constrained")
+    heights = (1, 4, 0.2 * lines) if note else (1, 4)
+    grid = fig.add_gridspec(len(heights), 2, width_ratios=(4, 1), height_ratios=heights)
+    ax = fig.add_subplot(grid[1, 0])
+    top = fig.add_subplot(grid[0, 0], sharex=ax)
+    right = fig.add_subplot(grid[1, 1], sharey=ax)
+    all_norms = _log_floor(np.concatenate(norms))
+    all_losses = _log_floor(np.concatenate(losses))
+    norm_bins = np.geomspace(all_norms.min(), all_norms.max(), 41)
+    loss_bins = np.geomspace(all_losses.min(), all_losses.max(), 41)
+    split = len(norms[0])
+    groups = (
+        (slice(None, split), KNOWN_COLOUR, "known"),
+        (slice(split, None), UNKNOWN_COLOUR, "unknown"),
+    )
+    for part, colour, label in groups:
+        x, y = all_norms[part], all_losses[part]
+        ax.scatter(x, y, s=8, alpha=0.5, color=colour, label=f"{label} ({len(x)})", linewidths=0)
+        top.hist(x, bins=norm_bins, weights=np.full(x.size, 1 / x.size), alpha=0.55, color=colour)
+        right.hist(
+            y,
+            bins=loss_bins,
+            weights=np.full(y.size, 1 / y.size),
+            alpha=0.55,
+            color=colour,
+            orientation="horizontal",
+        )
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel(r"$\|\partial f / \partial x\|_F$")
+    ax.set_ylabel("loss at the pseudo label (Eq. 22)")
+    corner = fig.add_subplot(grid[0, 1])  # the empty corner between the margins
+    corner.axis("off")
+    corner.legend(*ax.get_legend_handles_labels(), loc="center", frameon=False, markerscale=2)
+    if note:
+        text = fig.add_subplot(grid[2, :])
+        text.axis("off")
+        text.text(0.0, 1.0, note, va="top", ha="left", fontsize=8, family="monospace")
+    top.set_ylabel("fraction")
+    top.tick_params(labelbottom=False)
+    right.set_xlabel("fraction")
+    right.tick_params(labelleft=False)
+    top.set_title(title)
+    return fig
 
 
 COMMAND = Command(

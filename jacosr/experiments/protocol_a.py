@@ -6,10 +6,10 @@ benchmark; ACC, AUROC and OSCR as mean ± std over the splits.
         --benchmarks cifar10 cifar+10 cifar+50 svhn tinyimagenet --ours-cifar10-steps 100000
 
 The presets ``experiments/table1_*.sh`` run Table I's rows with the paper's settings. Needs the
-prepared data sets (``python -m jacosr.data.prepare cifar10 ...``; see the README). Runtime:
-a GPU job; the command prints the expected H100 time of its grid before training (from the
-throughput measured with ``benchmarks/gpu.sh``: 20k steps of VGG32 with the paper's recipe take
-about 1 min). On 2 CPU cores one such run takes hours. Every run trains in its own workdir
+prepared data sets (``python -m jacosr.data.prepare cifar10 ...``; see the README). A GPU
+job: the command prints the grid's size before it trains (``grid: N runs, ...``), and
+``python benchmarks/gpu_cost.py protocol_a <the same flags>`` its expected time on one H100
+(the presets' are in experiments/README.md). Every run trains in its own workdir
 ``<workdir>/runs/<method>/<benchmark>/split<i>`` with checkpoints; re-running the command reads
 back finished runs and resumes unfinished ones.
 
@@ -18,7 +18,8 @@ is on; everything else comes from the run's flags. Defaults are the paper's: VGG
 cosine LR 0.1 -> 1e-5, weight decay 1e-3 (Table II's caption: "the weight decay is applied in
 default"), batch 128, 20k steps (Sec. VI: "For WRN-16-4 and VGG, our model is trained by SGD
 with 20k training iterations unless specified otherwise"), the weak augmentation (4 px
-translation and flip; translation only on MNIST), T = 32, m = 0.5, lambda_self 0.1 for Ours.
+translation and flip; the translation alone on MNIST and on data sets prepared with
+``--no-flip``), T = 32, m = 0.5, lambda_self 0.1 for Ours.
 Momentum 0.9: the paper states it for ResNet-18 only and says "SGD" for VGG and WRN; 0.9 is
 what the ARPL code base (whose protocol, splits and VGG32 the paper adopts) trains with, and
 plain SGD at lr 0.1 would be an unusual recipe nobody states.
@@ -61,19 +62,18 @@ from jacosr.config import require, to_dict
 from jacosr.data import DataConfig
 from jacosr.evaluate import EvalConfig
 from jacosr.experiments.command import Command
-from jacosr.experiments.grid import (
+from jacosr.grids import print_grid, run_grid, split_grid
+from jacosr.models import ModelConfig
+from jacosr.plots import plot_row_bars
+from jacosr.recipe import ResolvedTrainConfig, TrainConfig, switch_techniques
+from jacosr.tables import (
     TABLE_FILES,
     markdown_table,
-    print_expected_gpu_time,
-    run_grid,
-    split_grid,
+    summarise,
     summarise_columns,
     table_summary,
     write_table,
 )
-from jacosr.models import ModelConfig
-from jacosr.plots import plot_row_bars
-from jacosr.train import TrainConfig
 from jacosr.workdir import open_workdir
 
 
@@ -102,15 +102,13 @@ OURS_ON_CIFAR10 = ("Ours", "cifar10")
 """The runs ``--ours-cifar10-steps`` lengthens: Ours on CIFAR10."""
 
 
-def method_config(name: str, base: TrainConfig) -> TrainConfig:
+def method_config(name: str, base: ResolvedTrainConfig) -> ResolvedTrainConfig:
     """``base`` with the loss of method ``name``, and the rotation task off unless the method
-    has it (then ``base.self_sup``, None meaning the paper's default)."""
+    has it (then on as :func:`jacosr.recipe.switch_techniques` turns it on: ``base``'s
+    lambda_self, or the paper's 0.1)."""
     method = METHODS[name]
-    return dataclasses.replace(
-        base,
-        loss=dataclasses.replace(base.loss, loss=method.loss),
-        self_sup=base.self_sup if method.rotation else 0.0,
-    )
+    switched = switch_techniques(base, rotation=method.rotation)
+    return dataclasses.replace(switched, loss=dataclasses.replace(base.loss, loss=method.loss))
 
 
 @dataclass(frozen=True)
@@ -161,7 +159,7 @@ class ProtocolAConfig:
         )
 
 
-def protocol_a_grid(config: ProtocolAConfig) -> dict[str, TrainConfig]:
+def protocol_a_grid(config: ProtocolAConfig) -> dict[str, ResolvedTrainConfig]:
     """``<method>/<benchmark>/split<i>`` -> the training config of that run."""
     grid = split_grid(
         lambda base: {name: method_config(name, base) for name in config.methods},
@@ -187,12 +185,14 @@ def table_i(results: dict[str, dict], config: ProtocolAConfig) -> dict[str, dict
     columns ``<benchmark> ACC|AUROC|OSCR``."""
     per_score = {
         score: summarise_columns(
-            results,
-            {
-                "ACC": ("accuracy",),
-                "AUROC": ("scores", score, "auroc"),
-                "OSCR": ("scores", score, "oscr"),
-            },
+            summarise(
+                results,
+                {
+                    "ACC": ("accuracy",),
+                    "AUROC": ("scores", score, "auroc"),
+                    "OSCR": ("scores", score, "oscr"),
+                },
+            )
         )
         for score in config.scores
     }
@@ -207,15 +207,17 @@ def table_i(results: dict[str, dict], config: ProtocolAConfig) -> dict[str, dict
     }
 
 
-def run(config: ProtocolAConfig, workdir: Path, *, overwrite: bool = False) -> dict:
+def run(
+    config: ProtocolAConfig, workdir: Path, *, overwrite: bool = False, spread_runs: bool = False
+) -> dict:
     """Train and evaluate every method on every split into ``workdir/runs``; write the table;
     return it."""
     configs = protocol_a_grid(config)
-    print_expected_gpu_time(configs)
+    print_grid(configs)
     evaluation = EvalConfig(scores=config.scores)
     with open_workdir(workdir, to_dict(config), outputs=TABLE_FILES, overwrite=overwrite) as opened:
         workdir = opened.path
-        results = run_grid(configs, workdir / "runs", evaluation)
+        results = run_grid(configs, workdir / "runs", evaluation, spread_runs=spread_runs)
         summary = table_i(results, config)
         arch = config.train.model.backbone
         markdown = markdown_table(
@@ -227,7 +229,7 @@ def run(config: ProtocolAConfig, workdir: Path, *, overwrite: bool = False) -> d
         meta = {
             "config": to_dict(config),
             "evaluation": to_dict(evaluation),
-            "splits": {name: r["split"] for name, r in results.items()},
+            "splits": {name: r.split for name, r in results.items()},
         }
         auroc = {
             row: {c.removesuffix(" AUROC"): cell for c, cell in cells.items() if "AUROC" in c}
@@ -251,6 +253,7 @@ COMMAND = Command(
     outputs=TABLE_FILES,
     runs="the runs (runs/)",
     summary=table_summary,
+    grid=protocol_a_grid,
 )
 
 

@@ -3,11 +3,11 @@
     python -m jacosr.experiments.protocol_b                       # VGG32, m-OvR, 20k steps
     python -m jacosr.experiments.protocol_b --ood lsun_crop lsun_resize --seeds 3
 
-Needs CIFAR10 and the OOD folders prepared (``python -m jacosr.data.prepare cifar10
-imagenet_crop imagenet_resize lsun_crop lsun_resize``; see the README). Runtime: one 20k-step
-VGG32 training per seed (a GPU job; hours on 2 CPU cores), then a few seconds of evaluation per
-OOD set. Each seed trains once in ``<workdir>/seed<s>`` (checkpointed, resumable; seeds
-``--seed`` .. ``--seed`` + ``--seeds`` - 1) and is evaluated against every OOD set. Training sees
+Needs CIFAR10 and the OOD folders prepared (see the README):
+``python -m jacosr.data.prepare cifar10 imagenet_crop imagenet_resize lsun_crop lsun_resize``.
+It trains one 20k-step VGG32 per seed (a GPU job), then evaluates it on each OOD set. Each seed
+trains once in ``<workdir>/seed<s>`` (checkpointed, resumable; seeds ``--seed`` ..
+``--seed`` + ``--seeds`` - 1) and is evaluated against every OOD set. Training sees
 only the known classes, so a model's config names no OOD set (:func:`model_config`) and the
 workdir's identity (``config.json``) is the training config alone: other, more or reordered
 ``--ood`` sets, more ``--seeds``, other ``--scores`` or ``--reject-rate`` reuse the trained
@@ -35,17 +35,18 @@ from jacosr.data import load_open_set, protocol_b_config
 from jacosr.data.folders import OOD_FOLDERS
 from jacosr.evaluate import EvalConfig, evaluate
 from jacosr.experiments.command import Command
-from jacosr.experiments.grid import (
+from jacosr.grids import grid_identity
+from jacosr.models import ModelConfig
+from jacosr.plots import plot_summary
+from jacosr.recipe import TrainConfig
+from jacosr.tables import (
     TABLE_FILES,
-    grid_identity,
     markdown_table,
-    summarise,
+    summarise_values,
     table_summary,
     write_table,
 )
-from jacosr.models import ModelConfig
-from jacosr.plots import plot_summary
-from jacosr.train import TrainConfig, fit
+from jacosr.train import fit
 from jacosr.workdir import open_workdir
 
 
@@ -114,7 +115,7 @@ def run(config: ProtocolBConfig, workdir: Path, *, overwrite: bool = False) -> d
     identity = grid_identity(config, ("ood", "seeds", "scores", "reject_rate"))
     with open_workdir(workdir, identity, outputs=TABLE_FILES, overwrite=overwrite) as opened:
         workdir = opened.path
-        per_score: dict[str, dict] = {}
+        per_score: dict[str, dict] = {}  # "<score>/seed<s>" -> {ood: macro-F1, ..., "ACC"}
         splits = {}
         first = config.train.seed
         for seed in tqdm(range(first, first + config.seeds), desc="seeds", unit="model"):
@@ -127,14 +128,13 @@ def run(config: ProtocolBConfig, workdir: Path, *, overwrite: bool = False) -> d
                 result = evaluate(graphdef, state, data, trained.loss, evaluation)
                 splits[ood] = result["split"]
                 for score in config.scores:
-                    cell = per_score.setdefault(
-                        f"{score}/seed{seed}", {"accuracy": result["accuracy"]}
-                    )
+                    cell = per_score.setdefault(f"{score}/seed{seed}", {})
                     cell[ood] = result["scores"][score]["macro_f1"]
-        columns = {ood: (ood,) for ood in config.ood} | {"ACC": ("accuracy",)}
+            for score in config.scores:  # the known classes, the same for every OOD set
+                per_score[f"{score}/seed{seed}"]["ACC"] = result["accuracy"]
         summary = {
             f"{config.train.loss.loss} ({score})": cells
-            for score, cells in summarise(per_score, columns).items()
+            for score, cells in summarise_values(per_score).items()
         }
         markdown = markdown_table(summary, row_header="method (score)")
         meta = {"config": to_dict(config), "evaluation": to_dict(evaluation), "splits": splits}

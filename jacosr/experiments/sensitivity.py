@@ -4,16 +4,14 @@
     python -m jacosr.experiments.sensitivity --sweeps wd --wd-values 0 1e-4 1e-3 1e-2 3 10
     python -m jacosr.experiments.sensitivity --benchmark cifar10 --backbone vgg32 --steps 20000
 
-Runtime on 2 CPU cores: 112 s wall and 143 s user+sys CPU at load average 1.5 to 2.1 (this
-job included); 247 s wall at load average 3.3 to 6.4 with other jobs on the cores. The
-default command trains 15 points x 3 seeds = 45 runs of the digits MLP, 500 steps each (the
-three lambda_self > 0 points carry the rotation task and cost more). Each point compiles its
-own training program (:mod:`jacosr.train` bakes the hyper-parameters into it; the seeds of a
-point share it): 1.4 to 3.5 s here, depending on the load, more than its 500 training steps,
-so the number of points sets the cost: the grids have 4 to 6 points, and the default steps
-are a quarter of the other digits experiments' 2,000, to fit 3 minutes. Raise ``--steps``
-(the paper: 20,000) and the grids for the paper's setting. A re-run that finds every run
-finished takes seconds.
+The default command trains 15 points x 3 seeds = 45 runs of the digits MLP, 500 steps each
+(the three lambda_self > 0 points carry the rotation task, twice the images per step). Each
+point compiles its own training program (:mod:`jacosr.step` bakes the hyper-parameters into
+it; the seeds of a point share it), which on a CPU costs more than its 500 training steps, so
+the number of points sets the cost: the grids have 4 to 6 points, and the default steps are a
+quarter of the other digits experiments' 2,000 (runtime: experiments/README.md). Raise
+``--steps`` (the paper: 20,000) and the grids for the paper's setting. A re-run that finds
+every run finished trains nothing.
 
 Each sweep varies one hyper-parameter of the base run (m-OvR, the paper's defaults otherwise:
 T = 32, m = 0.5, weight decay 1e-3, and on image data sets the weak augmentation and the
@@ -47,37 +45,34 @@ panel per sweep, the AUROC and the accuracy against the hyper-parameter, mean ov
 a ± 1 std band and the seeds as dots, the paper's default marked. What the paper says of its
 Fig. 14 (its sentences on T and m are cut off in our copy): an overly large weight decay
 collapses the embedding, an overly small one does nothing, and lambda_self helps only below 1,
-the AUROC being robust over small values. On digits (the default command) the
-AUROC falls as T grows (0.979 at T = 2, 0.962 at the paper's 32, 0.896 at 128), peaks at the
-paper's m = 0.5 (0.962; 0.937 at 0, 0.858 at 1), holds up to a weight decay of 1e-2 (0.970),
-falls beyond it and collapses at 10 (AUROC 0.5, accuracy 0.167, inter-class distance 0), and
-falls as lambda_self grows (0.961 at 0.1, 0.891 at 1: the rotation task does not help 8x8
-digits at any weight). The accuracy stays at 0.978 or more everywhere but the collapse.
+the AUROC being robust over small values. What the default measures on digits is in the
+README ("The paper's theory on digits", the Fig. 14 row).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from matplotlib.figure import Figure
 
 from jacosr.config import require, to_dict
 from jacosr.evaluate import EvalConfig
 from jacosr.experiments.command import Command
-from jacosr.experiments.grid import (
-    grid_identity,
-    markdown_table,
-    print_expected_gpu_time,
-    run_grid,
-    seed_grid,
-    summarise,
-)
+from jacosr.grids import grid_identity, print_grid, run_grid, seed_grid
 from jacosr.losses import LossConfig
-from jacosr.plots import plot_sweeps
-from jacosr.train import PAPER_SELF_SUP, ResolvedTrainConfig, TrainConfig, resolve
+from jacosr.recipe import (
+    PAPER_SELF_SUP,
+    PAPER_WEIGHT_DECAY,
+    ResolvedTrainConfig,
+    TrainConfig,
+    resolve,
+)
+from jacosr.runs import RESULTS
+from jacosr.tables import markdown_table, summarise
 from jacosr.workdir import open_workdir
 
 COLUMNS = {
@@ -89,10 +84,10 @@ COLUMNS = {
 as accuracy near 1/K and an inter-class distance near 0)."""
 PLOTTED = ("AUROC (loss score)", "accuracy")
 EVALUATION = EvalConfig(scores=("loss",))
-OUTPUTS = ("results.json", "sensitivity.md", "sensitivity.png")
+OUTPUTS = (RESULTS, "sensitivity.md", "sensitivity.png")
 EXTENT = ("sweeps", "t_values", "m_values", "wd_values", "self_sup_values", "seeds")
 """The config fields that only choose which runs are made: left out of the workdir's identity
-(:func:`jacosr.experiments.grid.grid_identity`), so more values, sweeps or seeds add runs to a
+(:func:`jacosr.grids.grid_identity`), so more values, sweeps or seeds add runs to a
 workdir and fewer summarise a subset."""
 DEFAULT_STEPS = 500
 
@@ -129,7 +124,7 @@ SWEEPS: dict[str, Sweep] = {
     "wd": Sweep(
         "weight decay λ_wd",
         True,
-        TrainConfig().weight_decay,
+        PAPER_WEIGHT_DECAY,
         lambda base, v: dataclasses.replace(base, weight_decay=v),
     ),
     "self_sup": Sweep(
@@ -148,8 +143,9 @@ class SensitivityConfig:
 
     Attributes:
       train: the base run: m-OvR with the paper's T, m and weight decay, and 500 steps by
-        default, to fit 3 minutes on 2 CPU cores with the default grids (raise --steps: the
-        paper trains for 20,000). Each point replaces one hyper-parameter and the seed.
+        default, a quarter of the other digits experiments', since each point compiles its
+        own program (raise --steps: the paper trains for 20,000). Each point replaces one
+        hyper-parameter and the seed.
       sweeps: the hyper-parameters to sweep, one panel each: T (the scale), m (both margins,
         Eq. 24), wd (the weight-decay coefficient), self_sup (lambda_self, the rotation
         task's weight; the sweep turns the task on where the base run has it off, as on
@@ -223,14 +219,22 @@ def point_name(config: ResolvedTrainConfig) -> str:
 
 def sweep_points(config: SensitivityConfig) -> dict[str, dict[float, ResolvedTrainConfig]]:
     """Sweep name -> value (ascending, duplicates dropped) -> the resolved run at that value."""
+    base = resolve(config.train)
     return {
-        name: {v: resolve(SWEEPS[name].apply(config.train, v)) for v in sorted(set(values))}
+        name: {v: SWEEPS[name].apply(base, v) for v in sorted(set(values))}
         for name, values in config.grids().items()
     }
 
 
+def sensitivity_grid(config: SensitivityConfig) -> dict[str, ResolvedTrainConfig]:
+    """``<point>/seed<s>`` -> the run: every distinct point of the sweeps, x seeds."""
+    points = sweep_points(config)
+    rows = {point_name(c): c for sweep in points.values() for c in sweep.values()}
+    return seed_grid(rows, config.seeds)
+
+
 def _sweep_result(values: list[float], runs: list[str], summary: dict) -> dict:
-    """One sweep's series from the grid's summary (:func:`jacosr.experiments.grid.summarise`):
+    """One sweep's series from the grid's summary (:func:`jacosr.tables.summarise`):
     ``{"values": [P], "runs": [P], "columns": {column: {"mean": [P], "std": [P], "values":
     [P][S]}}}`` for P values and S seeds."""
     return {
@@ -260,24 +264,29 @@ def _markdown(sweeps: dict[str, dict]) -> str:
     return "\n".join(parts)
 
 
-def run(config: SensitivityConfig, workdir: Path, *, overwrite: bool = False) -> dict:
+def run(
+    config: SensitivityConfig,
+    workdir: Path,
+    *,
+    overwrite: bool = False,
+    spread_runs: bool = False,
+) -> dict:
     """Train every point x seed into ``workdir/runs``, write the tables and the figure; return
     ``{"sweeps": name -> sweep result, "markdown"}``."""
     points = sweep_points(config)
-    rows = {point_name(c): c for sweep in points.values() for c in sweep.values()}
-    configs = seed_grid(rows, config.seeds)
-    print_expected_gpu_time(configs)
+    configs = sensitivity_grid(config)
+    print_grid(configs)
     identity = grid_identity(config, EXTENT)
     with open_workdir(workdir, identity, outputs=OUTPUTS, overwrite=overwrite) as opened:
         workdir = opened.path
-        results = run_grid(configs, workdir / "runs", EVALUATION)
+        results = run_grid(configs, workdir / "runs", EVALUATION, spread_runs=spread_runs)
         summary = summarise(results, COLUMNS)
         sweeps = {
             name: _sweep_result(list(sweep), [point_name(c) for c in sweep.values()], summary)
             for name, sweep in points.items()
         }
         markdown = _markdown(sweeps)
-        split = next(iter(results.values()))["split"]
+        split = next(iter(results.values())).split
         first = config.train.seed
         seeds = f"seeds {first}-{first + config.seeds - 1}" if config.seeds > 1 else f"seed {first}"
         title = (
@@ -298,10 +307,93 @@ def run(config: SensitivityConfig, workdir: Path, *, overwrite: bool = False) ->
             title=title,
         )
         meta = {"config": to_dict(config), "split": split, "evaluation": to_dict(EVALUATION)}
-        opened.write_json("results.json", {**meta, "sweeps": sweeps})
+        opened.write_json(RESULTS, {**meta, "sweeps": sweeps})
         opened.write("sensitivity.md", markdown)
         opened.save_figure("sensitivity.png", figure)
         return {"sweeps": sweeps, "markdown": markdown}
+
+
+def _sweep_positions(values: np.ndarray, log: bool) -> np.ndarray:
+    """Where a sweep's values go on its x-axis: themselves, except 0 on a log axis, which goes
+    one grid step (the ratio of the two smallest positive values; 10 when there is one) left
+    of the smallest positive value."""
+    if not log or np.all(values > 0):
+        return values
+    positive = np.sort(values[values > 0])
+    step = positive[1] / positive[0] if len(positive) > 1 else 10.0
+    return np.where(values > 0, values, positive[0] / step)
+
+
+def plot_sweeps(
+    panels: Mapping[str, tuple[np.ndarray, Mapping[str, np.ndarray]]],
+    *,
+    log_x: Mapping[str, bool],
+    marks: Mapping[str, float],
+    mark_label: str,
+    title: str,
+) -> Figure:
+    """Metrics against one hyper-parameter per panel (Fig. 14): the mean over seeds as a line,
+    ± 1 standard deviation (ddof 1) as a band, each seed as a dot.
+
+    ``panels``: x-axis label -> ``(values [P], series)`` with ``series``: metric name ->
+    ``[P, S]`` per-seed values at each of the P settings (S seeds); every panel has the same
+    metrics. ``log_x``: x-axis label -> whether the axis is logarithmic; there a value 0 is
+    drawn one grid step left of the smallest positive value, labelled "0", joined by a dotted
+    line across an axis break (//). ``marks``: x-axis label -> a value marked by a vertical
+    line, ``mark_label`` in the legend (the paper's default). Panels fill a grid two wide.
+    """
+    ncols = min(2, len(panels))
+    nrows = -(-len(panels) // ncols)
+    fig = Figure(figsize=(max(6.4, 5.2 * ncols), 3.3 * nrows + 1.0), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    for ax in axes[len(panels) :]:
+        ax.set_visible(False)
+    for ax, (label, (values, series)) in zip(axes, panels.items(), strict=False):
+        values = np.asarray(values, dtype=float)
+        order = np.argsort(values)
+        log = log_x[label] and np.any(values > 0)
+        pos = _sweep_positions(values[order], log)
+        # On a log axis the segment from 0 to the smallest positive value spans no real
+        # interval: draw it dotted, across a break mark.
+        cut = 1 if log and values[order][0] == 0 else 0
+        for i, (name, per_seed) in enumerate(series.items()):
+            colour = f"C{i}"
+            per_seed = np.asarray(per_seed, dtype=float)[order]
+            mean = per_seed.mean(axis=1)
+            std = per_seed.std(axis=1, ddof=1) if per_seed.shape[1] > 1 else np.zeros_like(mean)
+            ax.fill_between(pos, mean - std, mean + std, color=colour, alpha=0.2, linewidth=0)
+            ax.plot(pos[cut:], mean[cut:], "o-", color=colour, markersize=4, label=name)
+            if cut:
+                ax.plot(pos[:2], mean[:2], ":", color=colour)
+                ax.plot(pos[:1], mean[:1], "o", color=colour, markersize=4)
+            seeds = np.broadcast_to(pos[:, None], per_seed.shape)
+            ax.plot(seeds.ravel(), per_seed.ravel(), ".", color=colour, alpha=0.45, markersize=3)
+        mark = marks[label]
+        at = mark if mark > 0 or not log else _sweep_positions(np.append(values, 0.0), log)[-1]
+        ax.axvline(at, color="grey", linestyle="--", linewidth=1, label=mark_label)
+        if log:
+            ax.set_xscale("log")
+            ax.minorticks_off()
+        if cut:
+            ax.annotate(
+                "//",
+                xy=(np.sqrt(pos[0] * pos[1]), 0),
+                xycoords=("data", "axes fraction"),
+                ha="center",
+                va="center",
+                bbox={"facecolor": "white", "edgecolor": "none", "pad": 0.5},
+            )
+        ax.set_xticks(pos, [f"{v:g}" for v in values[order]], fontsize=8)
+        ax.set_xlabel(label)
+        ax.grid(alpha=0.3)
+    # Empty artists: legend entries for the bands and the dots of every metric.
+    axes[0].fill_between([], [], color="grey", alpha=0.3, linewidth=0, label="± 1 std (seeds)")
+    axes[0].plot([], [], ".", color="grey", label="one seed")
+    handles, labels = axes[0].get_legend_handles_labels()
+    columns = len(labels) if ncols > 1 else -(-len(labels) // 2)
+    fig.legend(handles, labels, loc="outside lower center", ncol=columns, frameon=False)
+    fig.suptitle(title, wrap=True)
+    return fig
 
 
 COMMAND = Command(
@@ -317,6 +409,7 @@ COMMAND = Command(
     outputs=OUTPUTS,
     runs="the runs (runs/<point>/seed<i>)",
     summary=lambda result: result["markdown"],
+    grid=sensitivity_grid,
 )
 
 

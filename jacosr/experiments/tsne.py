@@ -3,11 +3,10 @@
     python -m jacosr.experiments.tsne                          # digits, known 0..5
     python -m jacosr.experiments.tsne --benchmark mnist --backbone vgg32 --embed-dim 128
 
-Runtime on 2 CPU cores: 41-43 s wall (22-23 s CPU) at load average 5-6.5 (two 2,000-step runs of
-the digits MLP, one per loss; the exact ||df/dx||_F of the 539 test images under each; two
-t-SNEs of 539 points, 1-2 s each; imports and compilation included). Each loss's run lives in
-``<workdir>/runs/<loss>``; re-running reads them back and repeats only the analysis
-(11 s CPU).
+The default trains two 2,000-step runs of the digits MLP, one per loss, then computes the exact
+||df/dx||_F of the 539 test images under each and two t-SNEs of 539 points (runtime:
+experiments/README.md). Each loss's run lives in ``<workdir>/runs/<loss>``; re-running reads
+them back and repeats only the analysis.
 
 Every loss of ``--losses`` (default SCE and m-OvR) trains one model with the base run's other
 settings (``--seed`` included) on the same split. The same test samples (known-test and
@@ -29,33 +28,35 @@ loss-vs-norm experiment reports the norm's AUROC over seeds); ``tsne.npz`` holds
 Readings: the points are test samples (known-test and unknown-test), never training ones; each
 model gets its own t-SNE (the maps are not aligned across rows) and its own min-max range; SCE
 is :mod:`jacosr.losses`' ``sce``, linear logits on an unnormalised f, as the paper's baseline.
-On digits the picture is the paper's: m-OvR's known clusters are dark (mean normalised norm
-0.15) and the unknown samples between them bright (0.56; AUROC of the norm 0.975); SCE's
-contrast is weaker (0.33 vs 0.46; AUROC 0.726), though its unknown samples also gather apart
-from the known clusters.
+What the default measures on digits is in the README ("The paper's theory on digits", the
+Fig. 13 row).
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from matplotlib.figure import Figure
 from sklearn.manifold import TSNE
 from threadpoolctl import threadpool_limits
 
 from jacosr.config import require, to_dict
 from jacosr.data import load_open_set
+from jacosr.evaluate import capped_test_splits, per_sample
 from jacosr.experiments.command import Command
-from jacosr.experiments.loss_vs_norm import capped_test_splits, per_sample
 from jacosr.losses import loss_spec
 from jacosr.metrics import metric_auroc, metric_jacobian_norm_difference
-from jacosr.plots import plot_tsne
-from jacosr.train import TrainConfig, fit
+from jacosr.plots import class_colours
+from jacosr.recipe import TrainConfig, resolve
+from jacosr.runs import RESULTS
+from jacosr.train import fit
 from jacosr.workdir import open_workdir
 
-OUTPUTS = ("results.json", "tsne.npz", "tsne.png")
+OUTPUTS = (RESULTS, "tsne.npz", "tsne.png")
 
 
 @dataclass(frozen=True)
@@ -94,9 +95,9 @@ class TsneConfig:
 def tsne_map(embeddings: np.ndarray, perplexity: float, seed: int) -> np.ndarray:
     """``[N, D] -> [N, 2]``: scikit-learn's t-SNE (Euclidean, PCA initialisation, seeded).
 
-    Runs its OpenMP gradient loop on one thread: on the 2 shared cores here, with other
-    processes busy, its threads' barriers made 539 points take 8-19 s instead of 1-2 s; and
-    one thread sums in one order, so the map is reproducible.
+    Runs its OpenMP gradient loop on one thread: on a few cores shared with busy processes,
+    its threads' barriers made it several times slower than one thread; and one thread sums
+    in one order, so the map is reproducible.
     """
     tsne = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed)
     with threadpool_limits(limits=1, user_api="openmp"):
@@ -127,9 +128,8 @@ def run(config: TsneConfig, workdir: Path, *, overwrite: bool = False) -> dict:
         labels = np.concatenate([known.y, np.full(len(unknown.y), -1, known.y.dtype)])
         maps, norms, rows = {}, {}, {}
         for name in config.losses:
-            train = dataclasses.replace(
-                config.train, loss=dataclasses.replace(config.train.loss, loss=name)
-            )
+            base = resolve(config.train)
+            train = dataclasses.replace(base, loss=dataclasses.replace(base.loss, loss=name))
             graphdef, state = fit(train, data, workdir / "runs" / name)
             values = per_sample(graphdef, state, x, train.loss)
             maps[name] = tsne_map(values["embedding"], config.perplexity, config.analysis_seed)
@@ -162,7 +162,7 @@ def run(config: TsneConfig, workdir: Path, *, overwrite: bool = False) -> dict:
             "num_samples": {"known": len(known.y), "unknown": len(unknown.y)},
             "losses": rows,
         }
-        opened.write_json("results.json", results)
+        opened.write_json(RESULTS, results)
         split = data.describe()
         figure = plot_tsne(
             maps,
@@ -188,6 +188,51 @@ def format_summary(results: dict) -> str:
             f"JND {jnd['estimate']:.4g} [{jnd['low']:.4g}, {jnd['high']:.4g}]"
         )
     return "\n".join(lines)
+
+
+def plot_tsne(
+    maps: Mapping[str, np.ndarray],
+    norms: Mapping[str, np.ndarray],
+    labels: np.ndarray,
+    *,
+    class_names: Sequence[str],
+    title: str,
+) -> Figure:
+    """2-D maps of the representation, by class and by Jacobian norm (Fig. 13).
+
+    ``maps``: row title (e.g. the loss) -> ``[N, 2]`` t-SNE coordinates of the same N samples;
+    ``norms``: row title -> ``[N]`` min-max normalised ||df/dx||_F in [0, 1]; ``labels``:
+    ``[N]`` known label 0..K-1, or -1 for an unknown sample; ``class_names``: K legend names.
+    Left column: known classes coloured, unknown black; right column: coloured by the norm.
+    """
+    colours = class_colours(len(class_names))
+    known = labels >= 0
+    fig = Figure(figsize=(10.5, 4.6 * len(maps)), layout="constrained")
+    axes = fig.subplots(len(maps), 2, squeeze=False)
+    for (left, right), (name, xy) in zip(axes, maps.items(), strict=True):
+        for k, (colour, class_name) in enumerate(zip(colours, class_names, strict=True)):
+            points = xy[labels == k]
+            left.scatter(*points.T, s=6, color=colour, label=class_name, linewidths=0)
+        left.scatter(*xy[~known].T, s=6, color="black", label="unknown", linewidths=0)
+        left.set_title(f"{name}: classes")
+        left.legend(
+            loc="center left",
+            bbox_to_anchor=(1.0, 0.5),
+            frameon=False,
+            fontsize=8,
+            markerscale=2,
+            title="class",
+            title_fontsize=8,
+        )
+        dots = right.scatter(*xy.T, s=6, c=norms[name], cmap="turbo", vmin=0, vmax=1, linewidths=0)
+        right.set_title(f"{name}: " + r"$\|\partial f / \partial x\|_F$ (min-max normalised)")
+        fig.colorbar(dots, ax=right, shrink=0.9)
+        for ax in (left, right):
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_aspect("equal", adjustable="datalim")
+    fig.suptitle(title)
+    return fig
 
 
 COMMAND = Command(

@@ -5,13 +5,13 @@
 is padded, so every call has the same shapes. This module also holds what the loop needs:
 the chunk plan, the worker threads and the rule that keeps some programs single-flight.
 
-Why a host loop and not ``jax.lax.map`` / ``scan``: on XLA CPU a pullback inside a loop body
-was measured about 2x slower (XLA picks a slower convolution layout inside the loop body),
-while a Python loop over one compiled chunk function was the fastest JAX variant and the
-leanest in memory. The chunk size is planned per backend from XLA's own memory analysis of
-the compiled chunk; see :func:`jacobian_norms` and :data:`CPU_CHUNK_BYTES`. On CPU the loop
-runs :data:`CPU_WORKERS` chunks at once, from as many host threads, unless the chunk's program
-calls a kernel that can deadlock the XLA CPU thread pool (LAPACK or FFT; see there).
+Why a host loop and not ``jax.lax.map`` / ``scan``: on XLA CPU a pullback inside a loop body ran
+slower (XLA picks a slower convolution layout inside the loop body; measured: README, "The Jacobian
+engine"), while a Python loop over one compiled chunk function was the fastest JAX variant and the
+leanest in memory. The chunk size is planned per backend from XLA's own memory analysis of the
+compiled chunk; see :func:`jacobian_norms` and :data:`CPU_CHUNK_BYTES`. On CPU the loop runs
+:data:`CPU_WORKERS` chunks at once, from as many host threads, unless the chunk's program calls a
+kernel that can deadlock the XLA CPU thread pool (LAPACK or FFT; see there).
 
 What is compiled, and when: a chunk program is compiled for ``f`` (a static argument, hashed
 like any ``jax.jit`` static argument), the settings (mode, estimator, probes, ...) and the
@@ -87,12 +87,12 @@ CPU_CHUNK_BYTES = 2**25
 
 32 MiB is glibc malloc's largest mmap threshold: XLA's buffers for a chunk of this size come
 from the heap and are reused from call to call, while larger ones are mapped fresh for every
-call and the kernel zeroes each page again (measured on the VGG32-sized net, 2 cores: 33,000
-to 190,000 page faults and up to 0.4 s of system time per sample from 64 MiB chunks on, none
-at 32 MiB). jemalloc does the same to allocations above its ``oversize_threshold`` (8 MiB)
-unless ``MALLOC_CONF=oversize_threshold:0`` is set (see the README). Larger chunks cut the
-user time per sample (0.78 s at 16 MiB, 0.57 s at 256 MiB, one thread), so with the faults
-gone 32 MiB is a sweet spot; on the digits MLP anything from 2 to 17 MB ran equally fast.
+call and the kernel zeroes each page again, which costs system time on every sample (none at
+32 MiB; measured on the VGG32-sized net: README, "Speed"). jemalloc does the same to
+allocations above its ``oversize_threshold`` (8 MiB) unless
+``MALLOC_CONF=oversize_threshold:0`` is set (see the README). Larger chunks cut the user time
+per sample, so with the faults gone 32 MiB is the sweet spot; on the digits MLP the chunk size
+made no difference over a wide range.
 
 The parameters do not count: they are allocated once, not per call, and shared by the chunks
 in flight."""
@@ -101,14 +101,12 @@ CPU_WORKERS = 2
 """Chunks computed at once on CPU, each from its own host thread (one on accelerators).
 
 XLA CPU runs one call's operations on its thread pool, but its small per-sample convolutions
-and the element-wise work between them keep only about 1.5 of 2 cores busy. Two calls in
-flight fill the gaps: VGG32-sized exact norms went from 1.9 to 2.5-3.7 samples/s on 2 cores
-(user time per sample down from 0.80 to 0.53-0.75 s, as fewer pool threads spin idle);
-re-measured on a quiet machine, 2.5-3.2 (one worker) against 3.9-4.2 samples/s (two), 1.5
-against 1.9 cores busy. Four workers were no faster than two. It takes threads: XLA CPU
-(jax 0.10) runs the calls that one host thread dispatches one after another, however
-asynchronously they are dispatched (measured: four independent calls from one thread ran
-back to back; from two threads, two at a time).
+and the element-wise work between them leave part of the cores idle. Two calls in flight
+fill the gaps that one call leaves on two cores, and fewer pool threads spin idle (measured
+on VGG32-sized exact norms: README, "Speed"); four workers were no faster than two. It takes
+threads: XLA CPU (jax 0.10) runs the calls that one host thread dispatches one after another,
+however asynchronously they are dispatched (observed: four independent calls from one thread
+ran back to back; from two threads, two at a time).
 
 The worker threads only call compiled chunk programs and wait for them; the caller's thread
 slices, pads and places every chunk on the device, sums and concatenates, so the caller's

@@ -1,16 +1,16 @@
 """Bias-free 2-D convolution whose weight gradient is a sum of matrix products on CPU.
 
 Why this module exists: XLA's CPU backend lowers the weight gradient of a convolution to a
-convolution whose "kernel" is the whole output map, which runs about five times slower than
-the forward convolution, and inside ``lax.scan`` (the multi-step training dispatch) about a
-hundred times slower. Written per kernel tap ``(i, j)`` as a matrix product,
+convolution whose "kernel" is the whole output map, which runs several times slower than the
+forward convolution, and slower still inside ``lax.scan`` (the multi-step training dispatch;
+measured: README, "Speed"). Written per kernel tap ``(i, j)`` as a matrix product,
 
     dK[i, j] = sum_{b, h, w} x_pad[b, s h + i, s w + j, :]^T dy[b, h, w, :]
              = X_ij^T @ dY          ([Ci, B Ho Wo] @ [B Ho Wo, Co]),
 
 (the im2col weight gradient, one column block of the patch matrix at a time), it runs at
-matrix-multiply speed in and out of loops. On 2 CPU cores this roughly doubles VGG32's
-training throughput (see ``benchmarks/train.py`` and the README).
+matrix-multiply speed in and out of loops, which raises the backbones' training throughput on
+CPU (``benchmarks/train.py``; measured: README, "Speed").
 
 The rule is a ``jax.custom_jvp``, not a ``custom_vjp``, so that forward mode (``jax.jvp``,
 ``jax.jacfwd``, used by :mod:`jacosr.jacobian`) keeps working: the tangent is written as the sum
@@ -24,7 +24,8 @@ derivatives equal the plain convolution's up to float32 summation order
 The input tangent ``conv(dx, K)`` is handed to XLA with the kernel in HWOI layout. It is the
 same linear map, but its transpose (the input gradient: a convolution with the reversed kernel
 and its I/O dimensions swapped) then arrives in XLA's canonical HWIO layout, which keeps it on
-the fast convolution path inside ``lax.scan`` (in the default layout it runs ~4x slower there).
+the fast convolution path inside ``lax.scan`` (in the default layout it runs several times
+slower there; README, "Speed").
 
 Which implementation: ``impl="auto"`` (the default) resolves at trace time to ``"im2col"``
 when ``jax.default_backend() == "cpu"`` and to ``"xla"`` otherwise, because on GPU cuDNN's own

@@ -17,11 +17,10 @@ def max_pool_2x2(x: jax.Array) -> jax.Array:
     The same values as ``nnx.max_pool(x, (2, 2), strides=(2, 2), padding="SAME")``, written as a
     reshape and a max over the window axes rather than XLA's ``reduce_window``: the derivative is
     then an element-wise mask (where x equals its window's max) instead of XLA's
-    ``select_and_scatter``, which is slow on CPU, most of all vmapped over the d_z cotangents of
-    an exact Jacobian norm (LeNet on 32x32 images: 0.106 -> 0.055 CPU seconds per sample,
-    ``benchmarks/jacobian.py``). At a tie the mask splits the gradient between the tied inputs
-    where ``select_and_scatter`` gives it to the first; after a ReLU the ties are zeros, whose
-    gradient the ReLU zeroes either way.
+    ``select_and_scatter``, which is slow on CPU, most of all vmapped over the d_z cotangents of an
+    exact Jacobian norm (``benchmarks/jacobian.py``; measured: README, "Speed"). At a tie the mask
+    splits the gradient between the tied inputs where ``select_and_scatter`` gives it to the first;
+    after a ReLU the ties are zeros, whose gradient the ReLU zeroes either way.
     """
     b, h, w, c = x.shape
     x = jnp.pad(x, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), constant_values=-jnp.inf)

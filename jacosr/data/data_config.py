@@ -6,8 +6,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from jacosr.config import require
+from jacosr.data.benchmarks import BENCHMARKS, NUM_SPLITS
 from jacosr.data.labelled import DEFAULT_DATA_DIR
-from jacosr.data.sources import SOURCES, is_prepared
+from jacosr.data.sources import SOURCES, is_own_name
 
 
 @dataclass(frozen=True)
@@ -44,12 +45,14 @@ class DataConfig:
         ``Resize``); default: the known source's native size, to which the unknown source is
         then resized.
 
-    Refused when built (``ValueError`` naming the flag), so before any data is read: an unknown
-    data set (neither built in nor prepared in data_dir) or benchmark, fewer than two known
-    classes, duplicated or negative class indices, an empty unknown list, a val_fraction
-    outside [0, 1), a protocol_split outside 0..4, an image_size below 1, a negative
-    split_seed. Class indices beyond the source's classes, and known classes without training
-    images, are refused when it is loaded.
+    Refused when built (``ValueError`` naming the flag), so before any data is read: a name
+    that can name no data set, an unknown benchmark, fewer than two known classes, duplicated
+    or negative class indices, an empty unknown list, a val_fraction outside [0, 1), a
+    protocol_split outside 0..4, an image_size below 1, a negative split_seed. Building one
+    reads nothing: a data set that is neither built in nor prepared in data_dir, class indices
+    beyond its classes and known classes without training images are refused where the data
+    are loaded (:func:`jacosr.data.check_available` for the command lines, before anything is
+    written).
     """
 
     dataset: str = "digits"
@@ -64,24 +67,16 @@ class DataConfig:
     image_size: int | None = None
 
     def __post_init__(self):
-        # splits.py builds DataConfigs, so its registry is imported here, not at the top.
-        from jacosr.data.splits import BENCHMARKS, NUM_SPLITS
-
-        sources = (
-            f"{', '.join(sorted(SOURCES))}, or a data set prepared from your own files in "
-            "--data-dir (python -m jacosr.data.prepare NAME --from PATH)"
+        names = (
+            f"one of {', '.join(sorted(SOURCES))}, or the name of a data set prepared from "
+            "your own files (letters, digits, '.', '_', '+' and '-'; python -m "
+            "jacosr.data.prepare NAME --from PATH)"
         )
+        require(_is_name(self.dataset), "--dataset", names, self.dataset)
         require(
-            self.dataset in SOURCES or is_prepared(self.dataset, self.data_dir),
-            "--dataset",
-            f"one of {sources}",
-            self.dataset,
-        )
-        require(
-            self.unknown_dataset in (None, *SOURCES)
-            or is_prepared(self.unknown_dataset, self.data_dir),
+            self.unknown_dataset is None or _is_name(self.unknown_dataset),
             "--unknown-dataset",
-            f"unset or one of {sources}",
+            f"unset or {names}",
             self.unknown_dataset,
         )
         require(
@@ -121,6 +116,10 @@ class DataConfig:
             "unset (the native size) or >= 1",
             self.image_size,
         )
+
+
+def _is_name(name: object) -> bool:
+    return isinstance(name, str) and (name in SOURCES or is_own_name(name))
 
 
 def _distinct_indices(classes: tuple[int, ...]) -> bool:

@@ -3,8 +3,8 @@
 
 Command (from the repository root)::
 
-    .venv/bin/python benchmarks/dynamics.py              # 3 interleaved rounds, about 2 min
-    .venv/bin/python benchmarks/dynamics.py --rounds 5 --points 0 10 20 40 --samples 128
+    .venv/bin/python benchmarks/tracking.py              # 3 interleaved rounds, about 2 min
+    .venv/bin/python benchmarks/tracking.py --rounds 5 --points 0 10 20 40 --samples 128
 
 Each cell is one fresh process (so no compilation is shared between cells) that trains
 ``python -m jacosr.train``'s default run for 2,000 steps (digits, known 0..5, m-OvR, the MLP)
@@ -14,7 +14,7 @@ reports
 
 * ``fit``: the seconds :func:`jacosr.train.fit` takes (training, checkpoints and, when on,
   the tracking, compilation included): the training wall time;
-* ``tracking``: of that, the seconds spent measuring (:meth:`jacosr.dynamics.Tracker.write`:
+* ``tracking``: of that, the seconds spent measuring (:meth:`jacosr.tracking.Tracker.write`:
   the forward pass, the exact Jacobian norms of the 539 test images, the metrics, and the
   first point's compilation);
 * ``process``: the whole process, from its start to the end of the evaluation (imports, data,
@@ -59,14 +59,15 @@ def child(points: int, samples: int) -> None:
     from jacosr.config import configure_xla
 
     configure_xla()
-    from jacosr import dynamics
+    from jacosr import tracking
     from jacosr.data import load_open_set
-    from jacosr.dynamics import TrackConfig
     from jacosr.evaluate import EvalConfig, evaluate
-    from jacosr.train import TrainConfig, fit
+    from jacosr.recipe import TrainConfig
+    from jacosr.tracking import TrackConfig
+    from jacosr.train import fit
 
     spent = []
-    write = dynamics.Tracker.write
+    write = tracking.Tracker.write
 
     def timed_write(self, step, state):
         t = time.perf_counter()
@@ -74,7 +75,7 @@ def child(points: int, samples: int) -> None:
         spent.append(time.perf_counter() - t)
         return row
 
-    dynamics.Tracker.write = timed_write
+    tracking.Tracker.write = timed_write
     track = TrackConfig(track_points=points, track_samples=samples)
     config = TrainConfig(steps=2000, track=track)
     data = load_open_set(config.data)

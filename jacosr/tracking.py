@@ -1,4 +1,4 @@
-"""Training dynamics: the open-set geometry of one model state, measured during training.
+"""Tracking: the open-set geometry of one model state, measured during training.
 
 :func:`measure` takes one model state and a fixed set of known-test and unknown-test samples
 and returns one row: the closed-set accuracy, the geometry of the known embeddings (DBI,
@@ -29,16 +29,15 @@ digits MLP and LeNet, ``d = 64``), and otherwise uses Hutchinson's estimator wit
 probes (the VGG32, WRN and ResNet representations have ``d_z >= 128`` and ``d = 3072``).
 Every row records which estimator and how many probes gave its numbers.
 
-What a stochastic row reports: the estimators give unbiased per-sample estimates of
-``||J||_F^2``; ``sqnorm_*`` are their means, unbiased. The per-sample norm is the square root
-of the estimate (clipped at 0), which is biased low by about ``Var / (8 ||J||^3)``: a
-fraction ``r^2 / 8`` of the norm, ``r`` the relative standard deviation of the squared-norm
-estimate (about 20% per sample with 16 Rademacher probes on the trained digits MLP, whose
-norm estimates are off by 7% in the median, see the README: a bias of about 0.5%). ``norm_*``,
-the JND and the Jacobian score's AUROC use these per-sample roots, as Eq. 20 averages norms,
-not squared norms; their bias (a fraction ``r^2 / 8`` of each norm, so not quite the same
-on known and unknown samples) is left in: a correction from each sample's standard error
-would add noise where the estimate is near 0. ``sqrt(sqnorm_*)``, the RMS norm, has a
+What a stochastic row reports: the estimators give unbiased per-sample estimates of ``||J||_F^2``;
+``sqnorm_*`` are their means, unbiased. The per-sample norm is the square root of the estimate
+(clipped at 0), which is biased low by about ``Var / (8 ||J||^3)``: a fraction ``r^2 / 8`` of the
+norm, ``r`` the relative standard deviation of the squared-norm estimate (a bias well under 1% of
+the norm at the per-sample errors that 16 Rademacher probes give on the trained digits MLP;
+measured: README, "Speed"). ``norm_*``, the JND and the Jacobian score's AUROC use these per-sample
+roots, as Eq. 20 averages norms, not squared norms; their bias (a fraction ``r^2 / 8`` of each norm,
+so not quite the same on known and unknown samples) is left in: a correction from each sample's
+standard error would add noise where the estimate is near 0. ``sqrt(sqnorm_*)``, the RMS norm, has a
 negligible bias (its ``r`` is that of a mean over all the samples).
 
 Determinism: the samples are a subset drawn once from ``--track-seed`` (the same at every
@@ -56,7 +55,6 @@ import json
 import math
 from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
 from typing import IO, NamedTuple
 
 import jax
@@ -78,14 +76,13 @@ EXACT_COST_FACTOR = 4
 """``auto`` computes the norms exactly when ``min(d, d_z)`` (the exact passes per sample) is
 at most this many times ``--track-probes`` (the estimator's passes per sample)."""
 JND_RESAMPLES = 1000
-"""Bootstrap resamples of each row's JND interval (a few milliseconds on digits)."""
-DYNAMICS_FILE = "dynamics.jsonl"
+"""Bootstrap resamples of each row's JND interval (cheap next to the row's Jacobian norms)."""
 
 
 @dataclass(frozen=True)
 class TrackConfig:
     """Tracking during training: which steps to measure, on which samples, and how (see
-    :mod:`jacosr.dynamics`). Off unless one of track_every, track_steps or track_points is set;
+    :mod:`jacosr.tracking`). Off unless one of track_every, track_steps or track_points is set;
     when on, step 0 (the initial model) and the last step are always measured.
 
     Attributes:
@@ -334,14 +331,3 @@ class Tracker:
         self.file.write(json.dumps(row) + "\n")
         self.file.flush()
         return row
-
-
-def read_dynamics(workdir: Path) -> list[dict]:
-    """The rows of ``<workdir>/dynamics.jsonl`` (a run trained with tracking), in step order."""
-    path = Path(workdir) / DYNAMICS_FILE
-    if not path.exists():
-        raise FileNotFoundError(
-            f"{path} does not exist: was the run in {workdir} trained with tracking "
-            "(--track-every, --track-steps or --track-points)?"
-        )
-    return [json.loads(line) for line in path.read_text().splitlines()]

@@ -1,4 +1,4 @@
-"""jacosr.dynamics and the tracked training loop: the tracked steps and the sample subsets;
+"""jacosr.tracking and the tracked training loop: the tracked steps and the sample subsets;
 one row against dense references (jacfwd Jacobians, scikit-learn's DBI, pairwise AUROC) and
 against jacosr.evaluate on the suite's trained digits model; stochastic rows against the
 estimator's known variance; rows are functions of (state, step), and a second state compiles
@@ -29,22 +29,23 @@ from test_jacobian_driver import COMPILE, LOWER, TRACE, jax_events
 from jacosr.checkpoint import FAULT_ENV
 from jacosr.config import cli, to_dict
 from jacosr.data import DataConfig, load_open_set
-from jacosr.dynamics import (
-    DYNAMICS_FILE,
+from jacosr.evaluate import predict
+from jacosr.losses import LossConfig
+from jacosr.models import ModelConfig, OpenSetNet, embedding_fn, split_model
+from jacosr.recipe import TrainConfig, resolve
+from jacosr.runs import DYNAMICS as DYNAMICS_FILE
+from jacosr.runs import load_run, read_dynamics
+from jacosr.tracking import (
     TrackConfig,
     Tracker,
     TrackSamples,
     geometric_steps,
     measure,
-    read_dynamics,
     resolve_estimator,
     track_samples,
     tracked_steps,
 )
-from jacosr.evaluate import predict
-from jacosr.losses import LossConfig
-from jacosr.models import ModelConfig, OpenSetNet, embedding_fn, split_model
-from jacosr.train import At, TrainArgs, TrainConfig, fit, load_run, resolve
+from jacosr.train import At, TrainArgs, fit
 
 TRACK = TrackConfig(track_every=30, track_steps=(5, 80), track_samples=64)
 TINY = TrainConfig(
@@ -297,11 +298,11 @@ def test_a_trained_models_row_agrees_with_evaluate(digits_run):
     config, data, graphdef, state = load_run(workdir)
     samples = track_samples(data, 10_000, seed=0)
     row = measure(graphdef, state, samples, config.loss, TrackConfig(), jax.random.key(0))
-    for name, value in results["embedding"].items():
+    for name, value in results.embedding.items():
         assert row[name] == pytest.approx(value, rel=1e-6)
     for name in ("loss", "msp"):
-        assert row[f"auroc_{name}"] == pytest.approx(results["scores"][name]["auroc"], abs=1e-9)
-    assert row["accuracy"] == pytest.approx(results["accuracy"])
+        assert row[f"auroc_{name}"] == pytest.approx(results.scores[name]["auroc"], abs=1e-9)
+    assert row["accuracy"] == pytest.approx(results.accuracy)
     assert row["jnd"] > 0.2 and row["auroc_jacobian"] > 0.9  # the paper's Sec. IV, on digits
 
 
