@@ -24,7 +24,11 @@ any other rows (the rotated copies of the self-supervised task) and the path poi
 run :func:`batched_sqnorms` on the training-mode embedding with the objective's other outputs
 as ``aux``, and read the known-class estimates from the first rows and the path estimates from
 the last. The path points then share the batch's BatchNorm statistics, so the path and
-known-class norms in the hinge are norms of the same function; see :func:`open_space_hinge`.
+known-class norms in the hinge are norms of the same function (see :func:`open_space_hinge`).
+The price: those statistics, and the running averages evaluation uses, include the path
+points, as they include the rotated copies. A separate training-mode pass over the points
+would cost as much and normalise them by their own statistics (interpolations have a smaller
+spread, which BatchNorm would scale back up): a different function from the known batch's.
 """
 
 import functools
@@ -180,11 +184,11 @@ def open_space_points(
 
     The paper's Fig. 3 interpolates ``x_t = (1 - t) x_0 + t x_1`` between samples of two
     different known classes ``C_i, C_j``: near ``t = 0.5`` the path crosses the open set, where
-    unknowns arise and the norm peaks; Eq. 14-16 bound the Jacobian norm's integral over the
-    open set through such inter-class paths. Paths within a class stay in the known region,
-    where the known-class term lowers the norm; so partners are drawn only among the samples
-    whose label differs, uniformly (the argmax of uniform scores over them), and ``t`` uniformly
-    in ``[t_min, t_max]``, away from both ends (which are known samples).
+    unknowns arise and the norm peaks; Eq. 13-16 write the Jacobian norm's integral over the
+    open set through paths from one class to another. Paths within a class stay (mostly) in the
+    known region, where the known-class term lowers the norm; so partners are drawn only among
+    the samples whose label differs, uniformly (the argmax of uniform scores over them), and
+    ``t`` uniformly in ``[t_min, t_max]``, away from both ends (which are known samples).
 
     Takes the upright batch and its labels only: the rotated copies of the self-supervised
     task are no class's samples, so they never enter a path (as they enter no class's loss).
@@ -193,7 +197,8 @@ def open_space_points(
       key: PRNG key (the pairing and the positions are drawn from it).
       xs: ``[B, ...]`` floating, the upright (augmented) batch.
       labels: ``[B]`` int class labels.
-      t_min, t_max: ``0 < t_min <= t_max < 1``, the range of ``t``.
+      t_min, t_max: ``0 < t_min <= t_max < 1``, the range of ``t`` (Python floats, checked
+        when traced: a config's values, not traced arrays).
 
     Returns:
       :class:`PathPoints`; a sample with no partner of another class (every sample of a batch
@@ -254,7 +259,7 @@ def open_space_hinge(
       path_sqnorms: ``[P]`` squared-norm estimates at the path points.
       known_sqnorms: ``[B]`` squared-norm estimates at the known (upright) batch.
       valid: ``[P]`` bool, the paths that exist (:attr:`PathPoints.valid`).
-      ratio: ``> 0``, the norm ratio asked for.
+      ratio: ``> 0``, the norm ratio asked for (a Python float, checked when traced).
 
     Returns:
       scalar in ``[0, 1]``; 0 when no path is valid or the known-class norm is 0.
