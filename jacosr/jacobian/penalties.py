@@ -83,10 +83,12 @@ def batched_sqnorms(
     ``jax.vjp``, it is differentiable with respect to ``params``: ``jax.grad`` of a mean of
     estimates is an unbiased estimate of the gradient of the mean squared norm. Why the input
     side by default: both sides cost one pass per probe, but the gradient of the estimate
-    differentiates that pass again, and reverse mode over a JVP (the input side) costs less
-    than reverse mode over a VJP (double backprop), most for convolutional backbones; see
-    ``benchmarks/jacobian_training.py``. The square root of an estimate is a biased (low)
-    estimate of the norm, so penalties use the square.
+    differentiates that pass again, and reverse mode over JVPs (the input side) costs several
+    times less than reverse mode over VJPs (double backprop) on convolutional backbones, about
+    the same on small dense ones (``benchmarks/jacobian_training.py``). Their per-probe
+    variances differ only in the diagonal term below; neither side is always the lower. The
+    square root of an estimate is a biased (low) estimate of the norm, so penalties use the
+    square.
 
     Per-probe variance, ``A = J_b^T J_b`` (input side, ``[d, d]``) or ``J_b J_b^T`` (output
     side, ``[D, D]``; the same ``||A||_F``), as in :func:`jacosr.jacobian.hutchinson_sqnorms`:
