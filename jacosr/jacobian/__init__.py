@@ -7,8 +7,10 @@ here is about ``||J||_F``, the paper's Jacobian norm. Pass a model's arrays as `
 ``jacobian_norms(jacosr.models.embedding_apply(graphdef), xs, params=state)``) rather than
 closing over them: they are then traced arguments, so one set of compiled programs serves
 every state of the architecture (checkpoints during training, before / after training).
+The one exception is :mod:`~jacosr.jacobian.penalties`, for training: it takes the BATCHED
+training-mode network, whose BatchNorm normalises each sample by its batch.
 
-Two layers, as in optax or matfree, and the paths:
+Two layers, as in optax or matfree, the paths and the training terms:
 
 * :mod:`~jacosr.jacobian.kernels`: jit-compatible kernels that process one chunk (use them
   inside your own ``jit``): :func:`exact_sqnorms`, :func:`hutchinson_sqnorms`,
@@ -18,6 +20,9 @@ Two layers, as in optax or matfree, and the paths:
   :func:`jacobian_norms`, :func:`estimate_sqnorms`.
 * :mod:`~jacosr.jacobian.paths`: :func:`path_points` and :func:`path_length` (the paper's
   Fig. 3).
+* :mod:`~jacosr.jacobian.penalties`: terms for a training objective, differentiable and
+  jit-compatible, on the BATCHED training-mode network: :func:`batched_sqnorms` (known-class
+  smoothness), :func:`open_space_points` and :func:`open_space_hinge` (open-space sharpness).
 
 The Jacobian norm difference (Eq. 20) is a metric:
 :func:`jacosr.metrics.metric_jacobian_norm_difference`.
@@ -44,6 +49,12 @@ from jacosr.jacobian.kernels import (
     xnystrace_sqnorms,
 )
 from jacosr.jacobian.paths import path_length, path_points
+from jacosr.jacobian.penalties import (
+    PathPoints,
+    batched_sqnorms,
+    open_space_hinge,
+    open_space_points,
+)
 
 __all__ = [
     "CPU_CHUNK_BYTES",
@@ -55,11 +66,15 @@ __all__ = [
     "MODES",
     "PROBES",
     "SIDES",
+    "PathPoints",
+    "batched_sqnorms",
     "check_estimator",
     "estimate_sqnorms",
     "exact_sqnorms",
     "hutchinson_sqnorms",
     "jacobian_norms",
+    "open_space_hinge",
+    "open_space_points",
     "path_length",
     "path_points",
     "resolve_mode",
