@@ -42,12 +42,28 @@ def require(ok: bool, flag: str, expected: str, value: Any) -> None:
         raise ValueError(f"{flag} must be {expected}; got {value!r}")
 
 
+OPTIONAL = "jacosr_optional"
+"""Metadata key of a config field that :func:`to_dict` leaves out while it holds its default:
+``field(default_factory=..., metadata={OPTIONAL: True})`` for a field added after runs were
+made (e.g. the Jacobian training terms), so that ``config.json`` of a run that does not use
+it is what it was before the field existed, and such a run resumes. :func:`from_dict` gives a
+missing field its default."""
+
+
+def _kept(config: Any, f: dataclasses.Field) -> bool:
+    if not f.metadata.get(OPTIONAL):
+        return True
+    default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+    return getattr(config, f.name) != default
+
+
 def to_dict(config: Any) -> dict:
-    """A config dataclass as a JSON-serialisable dict (tuples -> lists, paths -> str)."""
+    """A config dataclass as a JSON-serialisable dict (tuples -> lists, paths -> str), without
+    the :data:`OPTIONAL` fields that hold their defaults."""
 
     def plain(v):
         if dataclasses.is_dataclass(v):
-            return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
+            return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v) if _kept(v, f)}
         if isinstance(v, tuple | list):
             return [plain(x) for x in v]
         if isinstance(v, Path):

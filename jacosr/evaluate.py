@@ -34,6 +34,7 @@ from jacosr.losses import LossConfig
 from jacosr.metrics import (
     check_finite_scores,
     metric_accuracy,
+    metric_jacobian_norm_difference,
     metric_macro_f1,
     open_set_metrics,
 )
@@ -185,9 +186,14 @@ def evaluate(
         {"accuracy": float, "split": data.describe(), "eval": EvalConfig as a dict,
          "embedding": {"dbi", "inter_class_distance", "intra_inter_ratio"},
          "scores": {score: {"auroc", "aupr_in", "aupr_out", "fpr95", "oscr", "macro_f1"}},
-         "subsets": {score: {"known_val", "known_test", "unknown_test": samples scored}}}
+         "subsets": {score: {"known_val", "known_test", "unknown_test": samples scored}},
+         "jnd": {"estimate", "low", "high"}}
 
-    ``macro_f1`` is left out (not NaN: the file stays strict JSON) when known-val is empty.
+    ``jnd``, only when the ``jacobian`` score is evaluated: the Jacobian norm difference
+    (Eq. 20) of its exact norms, mean over unknown-test minus mean over known-test, with a 95%
+    percentile-bootstrap interval (:func:`jacosr.metrics.metric_jacobian_norm_difference`, on
+    the same samples as the score's row). ``macro_f1`` is left out (not NaN: the file stays
+    strict JSON) when known-val is empty.
     ``subsets`` names the scores evaluated on a subset: the Jacobian scores, when a split has
     more than ``config.score.jacobian_max_samples`` samples, see only a seeded subset of each
     split (:func:`subset_indices` with seed ``(score_seed, i)``, ``i`` = 0, 1, 2 for known-val,
@@ -216,7 +222,7 @@ def evaluate(
         k: subset_indices(len(s.y), cap, (seed, list(DATA_SPLITS).index(k)))
         for k, s in splits.items()
     }
-    table, subsets = {}, {}
+    table, subsets, extra = {}, {}, {}
     bar = tqdm(specs.items(), desc="evaluate", unit="score", disable=not progress)
     for name, spec in bar:
         bar.set_postfix_str(name)
@@ -240,6 +246,9 @@ def evaluate(
                 num_known_classes=data.num_known,
             )
         table[name] = {metric: row[metric] for metric in SCORE_METRICS if metric in row}
+        if name == "jacobian":  # the scores are the norms
+            jnd = metric_jacobian_norm_difference(s["known"], s["unknown"], seed=seed)
+            extra["jnd"] = jnd._asdict()
     embedding = outputs["known"].embedding
     return {
         "accuracy": metric_accuracy(pred["known"], labels),
@@ -248,6 +257,7 @@ def evaluate(
         "embedding": {name: fn(embedding, labels) for name, fn in EMBEDDING_METRICS.items()},
         "scores": table,
         "subsets": subsets,
+        **extra,
     }
 
 
@@ -278,6 +288,12 @@ def format_table(results: dict) -> str:
         f"intra/inter {emb['intra_inter_ratio']:.4f}",
         format_metrics(results["scores"]),
     ]
+    jnd = results.get("jnd")
+    if jnd is not None:
+        lines.append(
+            f"Jacobian norm difference (Eq. 20) {jnd['estimate']:.4f} "
+            f"[{jnd['low']:.4f}, {jnd['high']:.4f}] (95% bootstrap; the jacobian score's norms)"
+        )
     for name, used in results.get("subsets", {}).items():
         sizes = split["sizes"]
         of = ", ".join(f"{n} of {sizes[k]} {k.replace('_', '-')}" for k, n in used.items())

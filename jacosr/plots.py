@@ -125,3 +125,65 @@ def plot_row_bars(
     if len(columns) > 1:
         ax.legend(frameon=False, fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return fig
+
+
+LOG_SPAN = 30
+
+
+"""A panel of :func:`plot_dynamics` whose positive curves span more than this factor gets a
+logarithmic y-axis."""
+
+
+def _symlog_steps(ax, last: int) -> None:
+    """A step axis from 0 to ``last``, linear up to 1 and logarithmic after: step 0 (the
+    initial model) is on it, and the early steps, where training changes most, are spread
+    out. Ticks at 0 and the powers of ten."""
+    ax.set_xscale("symlog", linthresh=1.0, linscale=0.5)
+    ax.set_xlim(0, last * 1.15)
+    ax.set_xticks(*step_ticks(last))
+    ax.minorticks_off()
+    ax.set_xlabel("training step")
+
+
+def step_ticks(last: int) -> tuple[list[int], list[str]]:
+    """Ticks 0, 1, 10, 100, ... up to ``last``, and their labels."""
+    ticks = [0, *(10**e for e in range(len(str(max(1, last)))))]
+    return ticks, [f"{t:,}" for t in ticks]
+
+
+def plot_dynamics(
+    curves: Mapping[str, Mapping], panels: Mapping[str, str], *, title: str
+) -> Figure:
+    """Metrics against the training step: one panel per metric, one curve per variant, the
+    mean over seeds with a ± 1 std band (Figs. 4, 8-11, 15).
+
+    ``curves``: variant label -> ``{"steps": [T], "mean": {metric: [T]}, "std": {metric:
+    [T]}}`` (:func:`jacosr.tracking.series_over_seeds`); ``panels``:
+    metric -> its axis label, in panel order. A variant keeps its colour in every panel; a
+    panel whose positive means span more than :data:`LOG_SPAN` gets a log y-axis.
+    """
+    fig = Figure(figsize=(3.9 * len(panels), 3.7), layout="constrained")
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    colours = colormaps["tab10"].colors
+    for ax, (metric, label) in zip(axes, panels.items(), strict=True):
+        for i, (variant, curve) in enumerate(curves.items()):
+            steps = np.asarray(curve["steps"])
+            mean = np.asarray(curve["mean"][metric])
+            std = np.asarray(curve["std"][metric])
+            colour = colours[i % len(colours)]
+            ax.fill_between(steps, mean - std, mean + std, color=colour, alpha=0.2, linewidth=0)
+            ax.plot(steps, mean, ".-", color=colour, markersize=3, label=variant)
+        _symlog_steps(ax, max(max(curve["steps"]) for curve in curves.values()))
+        means = np.concatenate([np.asarray(c["mean"][metric]) for c in curves.values()])
+        if means.min() > 0 and means.max() > LOG_SPAN * means.min():
+            ax.set_yscale("log")  # e.g. unnormalised next to unit-normalised embeddings
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    fig.legend(
+        *axes[0].get_legend_handles_labels(),
+        loc="outside lower center",
+        ncol=len(curves),
+        frameon=False,
+    )
+    fig.suptitle(title)
+    return fig

@@ -32,9 +32,10 @@ import math
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from jacosr.config import require
+from jacosr.config import OPTIONAL, require
 from jacosr.data import DataConfig, get_augmentation, paper_augmentation
 from jacosr.data.splits import resolve_benchmark
+from jacosr.jacobian import SIDES
 from jacosr.losses import LossConfig
 from jacosr.models import ModelConfig
 from jacosr.tracking import TrackConfig
@@ -62,6 +63,69 @@ def paper_techniques(data: DataConfig) -> Techniques:
     lambda_self 0.1."""
     augment = paper_augmentation(data.dataset, data.data_dir)
     return Techniques(PAPER_WEIGHT_DECAY, augment, PAPER_SELF_SUP)
+
+
+@dataclass(frozen=True)
+class JacobianTerms:
+    """Terms that train for the Jacobian norm difference (Eq. 20) directly, beyond the paper
+    (:mod:`jacosr.jacobian.penalties`; off by default). Both are estimated inside the jitted
+    step, in the same training-mode forward pass as the loss, on the upright batch only (the
+    rotated copies of the self-supervised task never enter them).
+
+    Attributes:
+      jacobian_reg: lambda_known, the weight of the known-class smoothness term
+        ``mean_b ||J_f(x_b)||_F^2`` over the batch (Hoffman, Roberts and Yaida 2019); 0: off.
+      jacobian_reg_probes: random projections per sample of the unbiased estimate of
+        ``||J||_F^2`` (its variance falls as 1/k, its cost grows as k); also the probes of the
+        open-space term.
+      jacobian_reg_side: ``input`` (one JVP per probe, the cheaper on convolutional
+        backbones) or ``output`` (one VJP per probe, Hoffman et al.'s form); both are unbiased
+        for ``||J||_F^2`` and differentiated through (double backprop).
+      open_space_reg: lambda_open, the weight of the open-space term: at a point drawn mid-path
+        between each training sample and one of another known class (``x_t = (1 - t) x_a + t
+        x_b``, t uniform in [0.25, 0.75]: where the paper's Fig. 3 has the norm peak), a hinge
+        ``relu(1 - ||J(x_t)||^2 / (ratio^2 mean_b ||J(x_b)||^2))`` that asks the path norm to
+        exceed the known-class norm by ``open_space_ratio`` and stops there (it cannot grow
+        without bound: the path norm rising or the known norm falling meets it); 0: off.
+      open_space_ratio: the ratio of the path's norm to the known-class norm that the
+        open-space term asks for.
+
+    Refused when built (``ValueError`` naming the flag): a negative or infinite weight, fewer
+    than 1 probe, an unknown side, a ratio that is not positive and finite.
+    """
+
+    jacobian_reg: float = 0.0
+    jacobian_reg_probes: int = 1
+    jacobian_reg_side: str = "input"
+    open_space_reg: float = 0.0
+    open_space_ratio: float = 2.0
+
+    def __post_init__(self):
+        for flag, value in (
+            ("--jacobian-reg", self.jacobian_reg),
+            ("--open-space-reg", self.open_space_reg),
+        ):
+            require(0 <= value < math.inf, flag, ">= 0 and finite (0: off)", value)
+        require(
+            self.jacobian_reg_probes >= 1, "--jacobian-reg-probes", ">= 1", self.jacobian_reg_probes
+        )
+        require(
+            self.jacobian_reg_side in SIDES,
+            "--jacobian-reg-side",
+            f"one of {', '.join(SIDES)}",
+            self.jacobian_reg_side,
+        )
+        require(
+            0 < self.open_space_ratio < math.inf,
+            "--open-space-ratio",
+            "> 0 and finite",
+            self.open_space_ratio,
+        )
+
+    @property
+    def enabled(self) -> bool:
+        """Whether either term is on (the step then estimates Jacobian norms)."""
+        return self.jacobian_reg > 0 or self.open_space_reg > 0
 
 
 @dataclass(frozen=True)
@@ -99,6 +163,8 @@ class TrainConfig:
       track: measurements of the model during training, one line of dynamics.jsonl per
         tracked step (off by default; see :mod:`jacosr.tracking`). Part of the run's
         identity: the rows a resumed run must reproduce depend on it.
+      jacobian: the Jacobian training terms (:class:`JacobianTerms`; off by default, and then
+        left out of config.json).
 
     Refused when built (``ValueError`` naming the flag, before any workdir exists): fewer than
     1 step, image per batch, step per log line or dispatch, or checkpoint kept;
@@ -127,6 +193,7 @@ class TrainConfig:
     checkpoint_every: int = 1000
     keep_checkpoints: int = 3
     track: TrackConfig = field(default_factory=TrackConfig)
+    jacobian: JacobianTerms = field(default_factory=JacobianTerms, metadata={OPTIONAL: True})
 
     def __post_init__(self):
         for flag, value in (

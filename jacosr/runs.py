@@ -146,6 +146,8 @@ class RunResults:
         seeded subset (the Jacobian scores, ``--jacobian-max-samples``).
       hardware: :func:`hardware` of the process that evaluated the newest rows (None in a
         file written before it was recorded).
+      jnd: the Jacobian norm difference (Eq. 20) ``{"estimate", "low", "high"}`` of the
+        ``jacobian`` score's norms, when that score is evaluated (None otherwise).
     """
 
     config: dict
@@ -156,6 +158,7 @@ class RunResults:
     embedding: dict = dataclasses.field(default_factory=dict)
     subsets: dict = dataclasses.field(default_factory=dict)
     hardware: dict | None = None
+    jnd: dict | None = None
 
     @classmethod
     def from_json(cls, value: Any, path: Path) -> RunResults:
@@ -171,10 +174,14 @@ class RunResults:
                 f"{path} lacks {', '.join(map(repr, missing))} (a training run's results.json "
                 f"holds {', '.join(RESULTS_FIELDS)})"
             )
-        optional = {"eval": "an object", "embedding": "an object", "subsets": "an object"}
-        for name, wanted in (RESULTS_FIELDS | optional).items():
-            if name in value and json_type(value[name]) != wanted:
+        for name, wanted in RESULTS_FIELDS.items():
+            if json_type(value[name]) != wanted:
                 raise ResultsError(f"{path}: {name!r} is {json_type(value[name])}, not {wanted}")
+        for name in ("eval", "embedding", "subsets", "hardware", "jnd"):  # null: not recorded
+            if value.get(name) is not None and not isinstance(value[name], dict):
+                raise ResultsError(
+                    f"{path}: {name!r} is {json_type(value[name])}, not an object or null"
+                )
         for score, row in value["scores"].items():
             if not isinstance(row, dict):
                 raise ResultsError(
@@ -188,7 +195,7 @@ class RunResults:
                         "number or null"
                     )
         fields = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{name: v for name, v in value.items() if name in fields})
+        return cls(**{name: v for name, v in value.items() if name in fields and v is not None})
 
     def to_json(self) -> dict:
         """The record as ``results.json`` holds it."""
@@ -279,12 +286,21 @@ def results_to_keep(
 
 
 def merge_results(
-    config: ResolvedTrainConfig, evaluation: EvalConfig, names: list[str], kept: dict, fresh: dict
+    config: ResolvedTrainConfig,
+    evaluation: EvalConfig,
+    names: list[str],
+    kept: dict,
+    fresh: dict,
+    saved: RunResults | None,
 ) -> RunResults:
     """The results of ``config``: the rows ``names``, from ``kept`` where it has them, else
     from ``fresh`` (what :func:`jacosr.evaluate.evaluate` returned for the others, under
     ``evaluation``'s settings); the rest of the record (accuracy, split, geometry) is
-    ``fresh``'s, and the hardware this process's."""
+    ``fresh``'s, the JND ``fresh``'s or, with a kept ``jacobian`` row, ``saved``'s, and the
+    hardware this process's."""
+    jnd = fresh.get("jnd")
+    if jnd is None and saved is not None and "jacobian" in kept:
+        jnd = saved.jnd
     scores = {name: kept[name] if name in kept else fresh["scores"][name] for name in names}
     return RunResults(
         config=to_dict(config),
@@ -295,6 +311,7 @@ def merge_results(
         scores=scores,
         subsets=fresh["subsets"],
         hardware=hardware(),
+        jnd=jnd,
     )
 
 

@@ -17,6 +17,19 @@ representation without adding rotated images to any class or moving the class pr
 (the paper's caution that the self-supervised task must not collapse the class prototypes).
 The upright and rotated images pass through the network as one batch of 2B (one set of
 BatchNorm statistics). Weight decay is coupled L2 on every parameter (--weight-decay 0: off).
+
+Beyond the paper, the Jacobian terms (:class:`~jacosr.recipe.JacobianTerms`, off by default):
+
+    L += jacobian_reg * mean_b ||J_f(x_b)||_F^2
+       + open_space_reg * mean_b relu(1 - ||J_f(x_t,b)||_F^2 / (ratio^2 mean ||J_f(x_b)||^2))
+
+with ``x_t,b`` a point mid-path between ``x_b`` and a batch sample of another class
+(:mod:`jacosr.jacobian.penalties`). The path points join the same forward pass (after the
+rotated copies), so they share the batch's BatchNorm statistics, and one call of
+:func:`jacosr.jacobian.batched_sqnorms` gives every row's unbiased estimate of
+``||J_f||_F^2`` with ``--jacobian-reg-probes`` projections, differentiated through (double
+backprop). Their keys are folded from the step's key, so a resumed run is bit-identical; with
+both weights 0 nothing of this is traced, and the step is the plain one.
 """
 
 from __future__ import annotations
@@ -33,6 +46,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh
 
+from jacosr import jacobian
 from jacosr.data import OpenSetData, get_augmentation, to_float
 from jacosr.distributed import batch_sharded, data_mesh, put_replicated, replicated
 from jacosr.losses import loss_rotation, loss_spec, per_sample_loss
@@ -137,23 +151,55 @@ def make_objective(graphdef: nnx.GraphDef, config: ResolvedTrainConfig):
     """The training objective ``(params, batch_stats, x, y, key) -> (loss, (stats, acc))``.
 
     ``x: [B, H, W, C]`` float32 in [-1, 1] (augmented upright images), ``y: [B]``; see the
-    module docstring for the rotation term. ``acc`` is the batch's closed-set accuracy.
+    module docstring for the rotation term and the Jacobian terms. ``acc`` is the batch's
+    closed-set accuracy.
     """
+    terms = config.jacobian
 
     def objective(params, batch_stats, x, y, key):
         rot_key, model_key = jax.random.split(key)
+        # Not fold_in(key, 1): with threefry that is split(key)[1], the model's key.
+        probe_key, path_key = jax.random.split(jax.random.fold_in(key, 2))
         batch = x.shape[0]
+        rows = [x]
         if config.self_sup > 0:
             x_rot, turns = rotated_copies(rot_key, x)
-            x = jnp.concatenate([x, x_rot])
-        out, new_stats = apply_model(
-            graphdef, ModelState(params, batch_stats), x, train=True, key=model_key
-        )
+            rows.append(x_rot)
+        if terms.open_space_reg > 0:
+            paths = jacobian.open_space_points(path_key, x, y)
+            rows.append(paths.points)
+        x = jnp.concatenate(rows) if len(rows) > 1 else x
+
+        def forward(params, x):
+            out, new_stats = apply_model(
+                graphdef, ModelState(params, batch_stats), x, train=True, key=model_key
+            )
+            return out.embedding, (out, new_stats)
+
+        if terms.enabled:
+            sqnorms, _, (out, new_stats) = jacobian.batched_sqnorms(
+                forward,
+                x,
+                probe_key,
+                params=params,
+                num_probes=terms.jacobian_reg_probes,
+                side=terms.jacobian_reg_side,
+                has_aux=True,
+            )
+        else:
+            _, (out, new_stats) = forward(params, x)
         upright = jax.tree.map(lambda a: a[:batch], out)
         loss = jnp.mean(per_sample_loss(config.loss, upright, y))
         if config.self_sup > 0:
-            rotation = loss_rotation(out.rotation_logits[batch:], turns)
+            rotation = loss_rotation(out.rotation_logits[batch : 2 * batch], turns)
             loss = loss + config.self_sup * jnp.mean(rotation)
+        if terms.jacobian_reg > 0:
+            loss = loss + terms.jacobian_reg * jnp.mean(sqnorms[:batch])
+        if terms.open_space_reg > 0:
+            hinge = jacobian.open_space_hinge(
+                sqnorms[-batch:], sqnorms[:batch], paths.valid, ratio=terms.open_space_ratio
+            )
+            loss = loss + terms.open_space_reg * hinge
         accuracy = jnp.mean(jnp.argmax(upright.class_scores, -1) == y)
         return loss, (new_stats, accuracy)
 

@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import partial
 from typing import IO, NamedTuple
@@ -77,6 +78,23 @@ EXACT_COST_FACTOR = 4
 at most this many times ``--track-probes`` (the estimator's passes per sample)."""
 JND_RESAMPLES = 1000
 """Bootstrap resamples of each row's JND interval (cheap next to the row's Jacobian norms)."""
+
+
+ROW_LABELS = {
+    "dbi": "DBI, known test (lower: better separated)",
+    "inter_class_distance": "mean inter-class distance",
+    "intra_inter_ratio": "intra / inter-class distance",
+    "jnd": "Jacobian norm difference (Eq. 20)",
+    "norm_known": r"mean $\|\partial f/\partial x\|_F$, known",
+    "norm_unknown": r"mean $\|\partial f/\partial x\|_F$, unknown",
+    "auroc_loss": "AUROC (loss score)",
+    "auroc_msp": "AUROC (MSP)",
+    "auroc_jacobian": r"AUROC ($\|J\|_F$ score)",
+    "accuracy": "closed-set accuracy",
+}
+"""Axis label of each tracked metric (a key of a ``dynamics.jsonl`` row)."""
+SERIES = (*ROW_LABELS, "jnd_low", "jnd_high")
+"""The metrics :func:`series_over_seeds` keeps (mean and std over seeds at every step)."""
 
 
 @dataclass(frozen=True)
@@ -331,3 +349,25 @@ class Tracker:
         self.file.write(json.dumps(row) + "\n")
         self.file.flush()
         return row
+
+
+def series_over_seeds(runs: Mapping[str, list[dict]]) -> dict:
+    """``{"steps": [T], "mean": {metric: [T]}, "std": {metric: [T]}, "final": {metric:
+    [S]}, "estimator", "num_probes"}`` from the ``dynamics.jsonl`` rows of one run's S
+    seeds (``run name -> rows``; every seed tracks the same steps). ``std`` is the sample
+    standard deviation over seeds (ddof 1)."""
+    tables = list(runs.values())
+    steps = [row["step"] for row in tables[0]]
+    for rows in tables:
+        if [row["step"] for row in rows] != steps:
+            raise ValueError(f"the seeds of a run tracked different steps: {list(runs)}")
+    values = {m: np.array([[row[m] for row in rows] for rows in tables]) for m in SERIES}
+    return {
+        "runs": list(runs),
+        "estimator": tables[0][0]["estimator"],
+        "num_probes": tables[0][0]["num_probes"],
+        "steps": steps,
+        "mean": {m: v.mean(axis=0).tolist() for m, v in values.items()},
+        "std": {m: v.std(axis=0, ddof=1).tolist() for m, v in values.items()},
+        "final": {m: v[:, -1].tolist() for m, v in values.items()},
+    }

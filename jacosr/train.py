@@ -359,9 +359,11 @@ def run(
 ) -> RunResults:
     """Train ``config`` in ``workdir``, evaluate on the open-set split, write results.json.
 
-    ``evaluation`` defaults to ``EvalConfig()``. ``config`` is resolved here, as in
-    :func:`fit`. Returns the :class:`~jacosr.runs.RunResults` results.json holds (every score
-    row, see :func:`jacosr.evaluate.evaluate`).
+    ``evaluation`` defaults to ``EvalConfig()``; a run trained with the Jacobian terms
+    (``config.jacobian``) is scored by ``jacobian`` too, whose exact norms give its Jacobian
+    norm difference (``results.jnd``). ``config`` is resolved here, as in :func:`fit`. Returns
+    the :class:`~jacosr.runs.RunResults` results.json holds (every score row, see
+    :func:`jacosr.evaluate.evaluate`).
 
     results.json only grows: a finished run asked for scores it has not evaluated evaluates
     those alone and adds their rows to the ones there (``eval.scores`` lists them all); one
@@ -377,6 +379,9 @@ def run(
     """
     config = resolve(config)
     evaluation = evaluation or EvalConfig()
+    if config.jacobian.enabled and "jacobian" not in evaluation.scores:
+        # trained for the Jacobian norm difference: the jacobian score's norms report it
+        evaluation = dataclasses.replace(evaluation, scores=(*evaluation.scores, "jacobian"))
     data = load_open_set(config.data)
     saved = saved_results(workdir, config)
     if saved is not None and saved.covers(evaluation) and saved.split == data.describe():
@@ -391,7 +396,7 @@ def run(
         fresh = evaluate(
             graphdef, model_state, data, config.loss, todo, progress=progress and wd.writer
         )
-        results = merge_results(config, evaluation, names, kept, fresh)
+        results = merge_results(config, evaluation, names, kept, fresh, saved)
         try:
             write_results(wd, results)
         except OSError as err:

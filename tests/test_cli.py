@@ -43,6 +43,9 @@ COMMANDS = {
         "--overwrite",
         "--coordinator-address",
         "--distributed-timeout",
+        "--jacobian-reg",
+        "--jacobian-reg-probes",
+        "--open-space-reg",
     ),
     "jacosr.experiments.interp": ("--num-paths", "--estimator", "--num-probes", "--steps"),
     "jacosr.experiments.losses_table": (
@@ -63,7 +66,14 @@ COMMANDS = {
     "jacosr.experiments.compare": ("--metrics", "--workdir"),
     "jacosr.experiments.known_classes": ("--ks", "--draws", "--benchmark", "--backbone", "--steps"),
     "jacosr.experiments.jnd_auroc": ("--methods", "--draws", "--runs", "--benchmark", "--steps"),
-    "jacosr.data.prepare": ("--data-dir", "--force", "cifar10", "imagenet_resized/32x32"),
+    "jacosr.experiments.jacobian_training": ("--known-weights", "--open-weights", "--seeds"),
+    "jacosr.data.prepare": (
+        "--data-dir",
+        "--force",
+        "--no-flip",
+        "cifar10",
+        "imagenet_resized/32x32",
+    ),
 }
 # Commands that read no data set named on the command line: the heat map draws toy2d only,
 # compare reads finished runs.
@@ -91,6 +101,8 @@ EXPERIMENTS = {
     "the runs (runs/K<k>/known<classes>)",
     "jacosr.experiments.jnd_auroc": "results.json, jnd_auroc.md, jnd_auroc.png and the runs it "
     "trains (runs/<method>/<data set>/<known set>)",
+    "jacosr.experiments.jacobian_training": "results.json, jacobian_training.md, "
+    "jacobian_training.png, jacobian_training_final.png and the runs (runs/<variant>/seed<i>)",
 }
 
 # Re-running a module that is already imported as __main__ is what this file means to do.

@@ -42,6 +42,7 @@ import pytest
 
 TIMEOUT = 300  # seconds; generous (slow CI), only turns a hang into a failure
 LOSS_RTOL = 1e-5
+TERMS_RTOL = 5e-5  # the terms differentiate twice: float reassociation weighs a little more
 NORM_RTOL = 1e-5
 STEPS, BATCH = 20, 8
 TINY = dict(steps=STEPS, batch_size=BATCH, log_every=5, dispatch_steps=10, checkpoint_every=10)
@@ -182,7 +183,7 @@ def _devices_worker(root: Path) -> dict:
     from jacosr.grids import run_grid, seed_grid
     from jacosr.jacobian import estimate_sqnorms, jacobian_norms
     from jacosr.models import ModelConfig, embedding_apply
-    from jacosr.recipe import TrainConfig, resolve
+    from jacosr.recipe import JacobianTerms, TrainConfig, resolve
     from jacosr.runs import hardware
     from jacosr.train import fit
 
@@ -195,10 +196,13 @@ def _devices_worker(root: Path) -> dict:
     key = jax.random.key(3)
     norms4 = jacobian_norms(f, xs, params=state)
     est4, err4 = estimate_sqnorms(f, xs, key, params=state)
+    terms = dataclasses.replace(config, jacobian=JacobianTerms(0.1, 2, "input", 0.1))
+    fit(terms, data, root / "terms-four", progress=False)
     with on_device(jax.devices()[0]):
         norms1 = jacobian_norms(f, xs, params=state)
         est1, err1 = estimate_sqnorms(f, xs, key, params=state)
         on_one = hardware()
+        fit(terms, data, root / "terms-one", progress=False)
     try:
         fit(dataclasses.replace(config, batch_size=6), data, root / "odd", progress=False)
         refused = None
@@ -214,6 +218,7 @@ def _devices_worker(root: Path) -> dict:
     return {
         "one": (root / "grid" / "row" / "seed0" / "metrics.jsonl").read_text(),
         "four": (root / "four" / "metrics.jsonl").read_text(),
+        "terms": [(root / f"terms-{n}" / "metrics.jsonl").read_text() for n in ("one", "four")],
         "norms": [norms1.tolist(), norms4.tolist()],
         "estimates": [est1.tolist(), est4.tolist(), err1.tolist(), err4.tolist()],
         "refused": refused,
@@ -246,6 +251,16 @@ def test_four_devices_train_the_one_device_curve(four_devices):
     np.testing.assert_allclose([v for _, v in four], [v for _, v in one], rtol=LOSS_RTOL)
     assert sorted(os.listdir(root / "four" / "checkpoints")) == ["10", "20"]
     assert {"config.json", "metrics.jsonl", "checkpoints"} <= set(os.listdir(root / "four"))
+
+
+def test_the_jacobian_terms_train_the_one_device_curve_on_four(four_devices):
+    """Both Jacobian terms on: the batch, its path points and their probes are sharded over
+    the devices, and the step is the one-device step up to the order of float additions."""
+    _, out = four_devices
+    one, four = (_losses(text) for text in out["terms"])
+    assert [s for s, _ in one] == [5, 10, 15, 20] == [s for s, _ in four]
+    np.testing.assert_allclose([v for _, v in four], [v for _, v in one], rtol=TERMS_RTOL)
+    assert _losses(out["four"]) != four  # the terms change the objective
 
 
 def test_four_devices_jacobian_norms_equal_one_device(four_devices):

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jacosr.data import OpenSetData, Split
+from jacosr import jacobian
+from jacosr.data import OpenSetData, Split, to_float
 from jacosr.evaluate import (
     SCORE_METRICS,
     EvalConfig,
@@ -55,7 +56,8 @@ def test_score_sign_every_score_beats_chance(table, name):
 @pytest.mark.slow
 def test_table_is_tidy_json_and_prints(table, trained):
     _, data, _, _ = trained
-    assert set(table) == {"accuracy", "split", "eval", "embedding", "scores", "subsets"}
+    # jnd: the jacobian score is among them
+    assert set(table) == {"accuracy", "split", "eval", "embedding", "scores", "subsets", "jnd"}
     assert table["subsets"] == {}  # digits' splits are below the Jacobian sample cap
     assert table["split"] == data.describe()
     assert list(table["scores"]) == list(SCORES)
@@ -69,6 +71,21 @@ def test_table_is_tidy_json_and_prints(table, trained):
     for name in SCORES:
         assert name in text
     assert f"{table['accuracy']:.4f}" in text
+
+
+@pytest.mark.slow
+def test_the_jnd_is_that_of_the_exact_norms(table, trained):
+    """Eq. 20 from norms computed here, on their own path: the unknown mean minus the known."""
+    _, data, graphdef, state = trained
+    f = embedding_fn(graphdef, state)
+    known, unknown = (
+        jacobian.jacobian_norms(f, to_float(s.x)) for s in (data.known_test, data.unknown_test)
+    )
+    jnd = table["jnd"]
+    assert jnd["estimate"] == pytest.approx(unknown.mean() - known.mean(), rel=1e-5)
+    assert jnd["low"] < jnd["estimate"] < jnd["high"]
+    assert "Jacobian norm difference (Eq. 20)" in format_table(table)
+    assert "jnd" not in evaluate(graphdef, state, data, LossConfig(), EvalConfig(scores=("msp",)))
 
 
 @pytest.mark.slow

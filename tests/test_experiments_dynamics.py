@@ -12,14 +12,13 @@ import pytest
 from jacosr.data import DataConfig
 from jacosr.experiments.dynamics import (
     FIGURES,
-    SERIES,
     DynamicsConfig,
     format_summary,
     main,
 )
 from jacosr.recipe import TrainConfig, resolve, run_name
 from jacosr.runs import DYNAMICS as DYNAMICS_FILE
-from jacosr.tracking import TrackConfig
+from jacosr.tracking import SERIES, TrackConfig
 
 TINY_FLAGS = [
     *("--width", "32", "--embed-dim", "16", "--steps", "30", "--log-every", "10"),

@@ -341,7 +341,9 @@ def test_hinge_is_the_mean_relative_shortfall_of_the_valid_paths():
     np.testing.assert_allclose(hinge(path, KNOWN, valid, ratio=2.0), 1.75 / 4, rtol=1e-6)
     d_path, d_known = hinge_grads(path, KNOWN, valid, ratio=2.0)
     np.testing.assert_allclose(d_path, [-1 / 32, -1 / 32, -1 / 32, 0.0, 0.0], rtol=1e-6)
-    np.testing.assert_array_equal(d_known, 0.0)  # the target is a stop-gradient
+    # d/dm of 1 - p / (4 m) is p / (4 m^2) = p / 16 for the active paths 0, 4, 6 (m = 2),
+    # over 4 valid paths, and dm/dk_i = 1/2: the term also asks for lower known norms
+    np.testing.assert_allclose(d_known, [(0 + 4 + 6) / 16 / 4 / 2] * 2, rtol=1e-6)
 
 
 @pytest.mark.parametrize("seed", range(3))

@@ -79,7 +79,6 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
-from matplotlib import colormaps
 from matplotlib.colors import SymLogNorm
 from matplotlib.figure import Figure
 
@@ -88,6 +87,7 @@ from jacosr.evaluate import EvalConfig
 from jacosr.experiments.command import Command
 from jacosr.grids import print_grid, run_grid, seed_grid
 from jacosr.metrics import metric_correlations
+from jacosr.plots import plot_dynamics, step_ticks
 from jacosr.recipe import (
     ResolvedTrainConfig,
     TrainConfig,
@@ -96,24 +96,9 @@ from jacosr.recipe import (
     switch_techniques,
 )
 from jacosr.runs import RESULTS, read_dynamics, read_outputs
-from jacosr.tracking import TrackConfig
+from jacosr.tracking import ROW_LABELS, TrackConfig, series_over_seeds
 from jacosr.workdir import open_workdir
 
-METRIC_LABELS = {
-    "dbi": "DBI, known test (lower: better separated)",
-    "inter_class_distance": "mean inter-class distance",
-    "intra_inter_ratio": "intra / inter-class distance",
-    "jnd": "Jacobian norm difference (Eq. 20)",
-    "norm_known": r"mean $\|\partial f/\partial x\|_F$, known",
-    "norm_unknown": r"mean $\|\partial f/\partial x\|_F$, unknown",
-    "auroc_loss": "AUROC (loss score)",
-    "auroc_msp": "AUROC (MSP)",
-    "auroc_jacobian": r"AUROC ($\|J\|_F$ score)",
-    "accuracy": "closed-set accuracy",
-}
-"""Axis label of each tracked metric (a key of a ``dynamics.jsonl`` row)."""
-SERIES = tuple(METRIC_LABELS)
-"""The metrics kept per variant in results.json (mean and std over seeds at every step)."""
 EVALUATION = EvalConfig(scores=("loss",))
 """Each run's final evaluation (results.json of the run; the figures use the tracked rows)."""
 
@@ -239,28 +224,6 @@ def identity(config: DynamicsConfig) -> dict:
     return {k: v for k, v in to_dict(config).items() if k != "figure"}
 
 
-def variant_series(runs: Mapping[str, list[dict]]) -> dict:
-    """``{"steps": [T], "mean": {metric: [T]}, "std": {metric: [T]}, "final": {metric:
-    [S]}, "estimator", "num_probes"}`` from the ``dynamics.jsonl`` rows of one variant's S
-    seeds (``run name -> rows``; every seed tracks the same steps). ``std`` is the sample
-    standard deviation over seeds (ddof 1)."""
-    tables = list(runs.values())
-    steps = [row["step"] for row in tables[0]]
-    for rows in tables:
-        if [row["step"] for row in rows] != steps:
-            raise ValueError(f"the seeds of a variant tracked different steps: {list(runs)}")
-    values = {m: np.array([[row[m] for row in rows] for rows in tables]) for m in SERIES}
-    return {
-        "runs": list(runs),
-        "estimator": tables[0][0]["estimator"],
-        "num_probes": tables[0][0]["num_probes"],
-        "steps": steps,
-        "mean": {m: v.mean(axis=0).tolist() for m, v in values.items()},
-        "std": {m: v.std(axis=0, ddof=1).tolist() for m, v in values.items()},
-        "final": {m: v[:, -1].tolist() for m, v in values.items()},
-    }
-
-
 UNDEFINED = "correlation undefined (fewer than 3 points, or a constant series)"
 FIG5_PAIRS = (("jnd", "auroc_loss"), ("jnd", "dbi"))
 
@@ -296,7 +259,7 @@ def _figure(spec: FigureSpec, entry: dict, rows: dict, split: dict, seeds: int):
     """The figure of ``entry`` (curves per variant; Fig. 5: the pooled points)."""
     where = f"{split['source']}: known {split['known_classes']}"
     if "correlations" not in entry:
-        panels = {m: METRIC_LABELS[m] for m in spec.panels}
+        panels = {m: ROW_LABELS[m] for m in spec.panels}
         title = f"{spec.caption}\n{where}, mean ± 1 std over {seeds} seeds"
         return plot_dynamics(entry["variants"], panels, title=title)
     (runs,) = rows.values()
@@ -305,7 +268,7 @@ def _figure(spec: FigureSpec, entry: dict, rows: dict, split: dict, seeds: int):
     seed = np.concatenate([[i] * len(v) for i, v in enumerate(runs.values())])
     notes = [_note(c) for c in entry["correlations"].values()]
     title = f"{spec.caption}\n{where}, the tracked steps of {seeds} seeds"
-    return plot_metric_pairs(points, FIG5_PAIRS, steps, seed, METRIC_LABELS, notes, title=title)
+    return plot_metric_pairs(points, FIG5_PAIRS, steps, seed, ROW_LABELS, notes, title=title)
 
 
 def dynamics_grid(config: DynamicsConfig) -> dict[str, ResolvedTrainConfig]:
@@ -345,7 +308,8 @@ def run(
             "png": str(png),
             "panels": list(spec.panels),
             "variants": {
-                label: {"run": names[label], **variant_series(runs)} for label, runs in rows.items()
+                label: {"run": names[label], **series_over_seeds(runs)}
+                for label, runs in rows.items()
             },
         }
         if config.figure == "fig5":
@@ -382,30 +346,6 @@ def format_summary(entry: dict) -> str:
     return "\n".join(lines)
 
 
-LOG_SPAN = 30
-
-
-"""A panel of :func:`plot_dynamics` whose positive curves span more than this factor gets a
-logarithmic y-axis."""
-
-
-def _symlog_steps(ax, last: int) -> None:
-    """A step axis from 0 to ``last``, linear up to 1 and logarithmic after: step 0 (the
-    initial model) is on it, and the early steps, where training changes most, are spread
-    out. Ticks at 0 and the powers of ten."""
-    ax.set_xscale("symlog", linthresh=1.0, linscale=0.5)
-    ax.set_xlim(0, last * 1.15)
-    ax.set_xticks(*_step_ticks(last))
-    ax.minorticks_off()
-    ax.set_xlabel("training step")
-
-
-def _step_ticks(last: int) -> tuple[list[int], list[str]]:
-    """Ticks 0, 1, 10, 100, ... up to ``last``, and their labels."""
-    ticks = [0, *(10**e for e in range(len(str(max(1, last)))))]
-    return ticks, [f"{t:,}" for t in ticks]
-
-
 def _emptiest_corner(x: np.ndarray, y: np.ndarray) -> tuple[float, float, str, str]:
     """``(x, y, ha, va)`` in axes fraction of the corner of the ``x, y`` scatter with the
     fewest points (for a text box that hides none)."""
@@ -418,44 +358,6 @@ def _emptiest_corner(x: np.ndarray, y: np.ndarray) -> tuple[float, float, str, s
         (0.03, 0.97, "left", "top"): np.sum((fx < 0.45) & (fy > 0.55)),
     }
     return min(corners, key=corners.get)
-
-
-def plot_dynamics(
-    curves: Mapping[str, Mapping], panels: Mapping[str, str], *, title: str
-) -> Figure:
-    """Metrics against the training step: one panel per metric, one curve per variant, the
-    mean over seeds with a ± 1 std band (Figs. 4, 8-11, 15).
-
-    ``curves``: variant label -> ``{"steps": [T], "mean": {metric: [T]}, "std": {metric:
-    [T]}}`` (the per-variant series of :mod:`jacosr.experiments.dynamics`); ``panels``:
-    metric -> its axis label, in panel order. A variant keeps its colour in every panel; a
-    panel whose positive means span more than :data:`LOG_SPAN` gets a log y-axis.
-    """
-    fig = Figure(figsize=(3.9 * len(panels), 3.7), layout="constrained")
-    axes = fig.subplots(1, len(panels), squeeze=False)[0]
-    colours = colormaps["tab10"].colors
-    for ax, (metric, label) in zip(axes, panels.items(), strict=True):
-        for i, (variant, curve) in enumerate(curves.items()):
-            steps = np.asarray(curve["steps"])
-            mean = np.asarray(curve["mean"][metric])
-            std = np.asarray(curve["std"][metric])
-            colour = colours[i % len(colours)]
-            ax.fill_between(steps, mean - std, mean + std, color=colour, alpha=0.2, linewidth=0)
-            ax.plot(steps, mean, ".-", color=colour, markersize=3, label=variant)
-        _symlog_steps(ax, max(max(curve["steps"]) for curve in curves.values()))
-        means = np.concatenate([np.asarray(c["mean"][metric]) for c in curves.values()])
-        if means.min() > 0 and means.max() > LOG_SPAN * means.min():
-            ax.set_yscale("log")  # e.g. unnormalised next to unit-normalised embeddings
-        ax.set_ylabel(label)
-        ax.grid(alpha=0.3)
-    fig.legend(
-        *axes[0].get_legend_handles_labels(),
-        loc="outside lower center",
-        ncol=len(curves),
-        frameon=False,
-    )
-    fig.suptitle(title)
-    return fig
 
 
 def plot_metric_pairs(
@@ -514,7 +416,7 @@ def plot_metric_pairs(
         )
         ax.legend(frameon=False, fontsize=8, loc="best")
     bar = fig.colorbar(scatter, ax=list(axes), label="training step")
-    ticks, tick_labels = _step_ticks(last)
+    ticks, tick_labels = step_ticks(last)
     bar.set_ticks(ticks, labels=tick_labels)
     bar.minorticks_off()
     fig.suptitle(title)

@@ -230,10 +230,10 @@ def open_space_hinge(
     """The open-space term: how far the norm mid-path falls short of ``ratio`` times the
     known-class norm, in ``[0, 1]``, averaged over the valid paths.
 
-        target = ratio^2 * sg(mean_b ||J(x_b)||_F^2)                 (known batch)
+        target = ratio^2 * mean_b ||J(x_b)||_F^2                     (known batch)
         term   = mean_{p valid} relu(1 - ||J(x_p)||_F^2 / target)     (path points)
 
-    ``sg`` is ``jax.lax.stop_gradient``. Why this form:
+    Why this form:
 
     * It raises the first expectation of Eq. 20 (the JND) where the paper's analysis puts the
       unknowns: at inter-class path points (Fig. 3), in the high-norm support ``S`` whose
@@ -241,13 +241,16 @@ def open_space_hinge(
     * It cannot grow without bound: the hinge is 0, with zero gradient, once a path's squared
       norm reaches the target, so the term asks for a ratio of norms (the path RMS norm at least
       ``ratio`` times the known-class one), never for ever larger norms; the value lies in
-      ``[0, 1]``.
+      ``[0, 1]``. The ratio is met by the path norms rising or the known-class norms falling,
+      and its gradient asks for both (the JND's two sides): a target held constant
+      (``stop_gradient``) let the known-class norms rise with the path norms, as they share
+      the network, and the target with them, so that on digits both grew without bound over
+      training (README, "Training for the Jacobian norm difference").
     * The target is relative to the known-class norm, which metric learning and the
       known-class term move by orders of magnitude, so one ``ratio`` suits every backbone and
       every stage of training; the division by the target makes the term dimensionless, so its
       weight means the same throughout, and its gradient ``-grad ||J(x_p)||^2 / target`` is
-      a relative push. The stop-gradient keeps the term from lowering the known-class norms
-      to meet the ratio (that is the known-class term's job, weighed by its own weight).
+      a relative push.
     * Squared norms, not norms: only they have unbiased estimates (:func:`batched_sqnorms`);
       the target is the mean of squares (RMS), which pools the batch's known-class estimates
       into a low-variance scale rather than pairing each path with its two noisy ends.
@@ -268,7 +271,7 @@ def open_space_hinge(
     """
     if not ratio > 0:
         raise ValueError(f"ratio must be > 0; got {ratio}")
-    target = ratio**2 * jax.lax.stop_gradient(jnp.mean(known_sqnorms))
+    target = ratio**2 * jnp.mean(known_sqnorms)
     positive = target > 0
     # The double where keeps the untaken branch finite, so its gradient is 0, not NaN.
     shortfall = jax.nn.relu(1.0 - path_sqnorms / jnp.where(positive, target, 1.0))
