@@ -1,34 +1,42 @@
-"""Bias-free 2-D convolution whose weight gradient is a sum of matrix products on CPU.
+"""Bias-free 2-D convolution whose derivatives run on XLA's fast CPU paths, in loops too.
 
-Why this module exists: XLA's CPU backend lowers the weight gradient of a convolution to a
-convolution whose "kernel" is the whole output map, which runs about five times slower than
-the forward convolution, and inside ``lax.scan`` (the multi-step training dispatch) about a
-hundred times slower. Written per kernel tap ``(i, j)`` as a matrix product,
+Why this module exists: XLA's CPU backend runs a convolution fast only in its canonical form
+(NHWC input, HWIO kernel, no zeros inserted into the input); any other form falls to a
+generic loop nest, which is many times slower, and inside ``lax.scan`` / ``fori_loop`` (the
+multi-step training dispatch) XLA does not rewrite one form into the other. JAX's own
+derivatives of a convolution are in other forms: the weight gradient is a convolution whose
+"kernel" is the whole output map, and the input gradient of a strided convolution convolves an
+input dilated with zeros (``s^2`` times the products). Here every derivative is written so that
+what XLA runs is canonical convolutions and matrix products (``tests/test_conv.py`` checks the
+programs):
 
-    dK[i, j] = sum_{b, h, w} x_pad[b, s h + i, s w + j, :]^T dy[b, h, w, :]
-             = X_ij^T @ dY          ([Ci, B Ho Wo] @ [B Ho Wo, Co]),
+* Input gradient. The input tangent ``conv(dx, K)`` is handed to XLA with the kernel in HWOI
+  layout: the same linear map, whose transpose (a convolution with the reversed kernel and its
+  I/O dimensions swapped) then arrives in the canonical HWIO layout. A strided convolution is
+  first split into its stride-1 phases (:func:`_phases`), so that the transpose is ``s^2``
+  small canonical convolutions, each scattered into its phase of the input gradient.
+* Weight gradient. Per kernel tap ``(i, j)`` as a matrix product,
 
-(the im2col weight gradient, one column block of the patch matrix at a time), it runs at
-matrix-multiply speed in and out of loops. On 2 CPU cores this roughly doubles VGG32's
-training throughput (see ``benchmarks/train.py`` and the README).
+      dK[i, j] = sum_{b, h, w} x_pad[b, s h + i, s w + j, :]^T dy[b, h, w, :]
+               = X_ij^T @ dY          ([Ci, B Ho Wo] @ [B Ho Wo, Co]),
+
+  (the im2col weight gradient, one column block of the patch matrix at a time); or, for
+  stride-1 kernels with many taps (LeNet's 5x5), where the per-tap products would read the
+  output gradient once per tap, as one canonical convolution with the batch as the feature
+  dimension (:func:`_conv_batch_as_features`). Which one: :data:`MIN_TAPS_AS_CONVOLUTION`,
+  chosen by timing both on the backbones' layers (``benchmarks/train.py``, README "Speed").
 
 The rule is a ``jax.custom_jvp``, not a ``custom_vjp``, so that forward mode (``jax.jvp``,
 ``jax.jacfwd``, used by :mod:`jacosr.jacobian`) keeps working: the tangent is written as the sum
-of two linear maps, ``conv(dx, K)`` and ``sum_ij X_ij @ dK[i, j]``, and JAX's transpose of the
-second is exactly the sum of products above. A tangent that is symbolically zero (the kernel's,
-when only the input is differentiated, as in the Jacobian engine) costs nothing, so forward and
-reverse mode in the input cost what they cost for ``lax.conv_general_dilated``. Values and all
+of two linear maps, the input tangent and the kernel tangent above, and JAX's transposes of
+them are the gradients described. A tangent that is symbolically zero (the kernel's, when only
+the input is differentiated, as in the Jacobian engine) costs nothing. Values and all
 derivatives equal the plain convolution's up to float32 summation order
 (``tests/test_conv.py``).
 
-The input tangent ``conv(dx, K)`` is handed to XLA with the kernel in HWOI layout. It is the
-same linear map, but its transpose (the input gradient: a convolution with the reversed kernel
-and its I/O dimensions swapped) then arrives in XLA's canonical HWIO layout, which keeps it on
-the fast convolution path inside ``lax.scan`` (in the default layout it runs ~4x slower there).
-
 Which implementation: ``impl="auto"`` (the default) resolves at trace time to ``"im2col"``
 when ``jax.default_backend() == "cpu"`` and to ``"xla"`` otherwise, because on GPU cuDNN's own
-weight gradients are the fast ones. ``"xla"`` and ``"im2col"`` force one or the other.
+derivatives are the fast ones. ``"xla"`` and ``"im2col"`` force one or the other.
 """
 
 from __future__ import annotations
@@ -66,6 +74,49 @@ def _conv_kernel_hwoi(x: jax.Array, kernel: jax.Array, stride: int, padding: Pad
     )
 
 
+def _phases(
+    xp: jax.Array, kernel: jax.Array, stride: int, out_hw: tuple[int, int]
+) -> list[tuple[jax.Array, jax.Array]]:
+    """A stride-``s`` convolution of the padded ``xp`` as stride-1 ones over its phases.
+
+    With taps ``i = s a + p`` and ``j = s c + q``, ``xp[s h + i, s w + j] = xp_pq[h + a, w + c]``
+    for ``xp_pq = xp[p::s, q::s]``, so ``y = sum_pq conv_valid(xp_pq, K[p::s, q::s])``: the same
+    products as the strided convolution, none wasted. Returns the ``(xp_pq, K_pq)`` pairs, each
+    ``xp_pq`` cut to the rows and columns that reach an output in ``out_hw``.
+    """
+    b, _, _, ci = xp.shape
+    kh, kw = kernel.shape[:2]
+    ho, wo = out_hw
+    pairs = []
+    for p in range(min(stride, kh)):
+        for q in range(min(stride, kw)):
+            k_pq = kernel[p::stride, q::stride]
+            a, c = k_pq.shape[:2]
+            x_pq = lax.slice(
+                xp,
+                (0, p, q, 0),
+                (b, p + stride * (ho + a - 2) + 1, q + stride * (wo + c - 2) + 1, ci),
+                (1, stride, stride, 1),
+            )
+            pairs.append((x_pq, k_pq))
+    return pairs
+
+
+def _input_tangent(dx: jax.Array, kernel: jax.Array, stride: int, padding: Padding) -> jax.Array:
+    """``conv(dx, K)``, written so that its transpose (the input gradient) is XLA's canonical
+    stride-1 convolution: HWOI for stride 1 (see the module), and for larger strides a sum over
+    :func:`_phases`, whose transpose scatters each phase's stride-1 gradient into place instead
+    of convolving an input dilated with zeros (s^2 times the products, on XLA's slow path)."""
+    if stride == 1:
+        return _conv_kernel_hwoi(dx, kernel, 1, padding)
+    _, h, w, _ = dx.shape
+    kh, kw = kernel.shape[:2]
+    out_hw = (_out_size(h, padding[0], kh, stride), _out_size(w, padding[1], kw, stride))
+    pairs = _phases(_pad(dx, padding), kernel, stride, out_hw)
+    terms = [_conv_kernel_hwoi(x_pq, k_pq, 1, ((0, 0), (0, 0))) for x_pq, k_pq in pairs]
+    return sum(terms[1:], terms[0])
+
+
 def _conv_by_taps(x: jax.Array, kernel: jax.Array, stride: int, padding: Padding) -> jax.Array:
     """The convolution as ``sum_ij X_ij @ K[i, j]``, ``X_ij: [B Ho Wo, Ci]`` a strided slice.
 
@@ -75,9 +126,9 @@ def _conv_by_taps(x: jax.Array, kernel: jax.Array, stride: int, padding: Padding
     """
     b, h, w, ci = x.shape
     kh, kw, _, co = kernel.shape
-    xp = jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0)))
-    ho = (h + sum(padding[0]) - kh) // stride + 1
-    wo = (w + sum(padding[1]) - kw) // stride + 1
+    xp = _pad(x, padding)
+    ho = _out_size(h, padding[0], kh, stride)
+    wo = _out_size(w, padding[1], kw, stride)
     out = None
     for i in range(kh):
         for j in range(kw):
@@ -90,6 +141,45 @@ def _conv_by_taps(x: jax.Array, kernel: jax.Array, stride: int, padding: Padding
             term = tap.reshape(-1, ci) @ kernel[i, j]
             out = term if out is None else out + term
     return out.reshape(b, ho, wo, co)
+
+
+def _conv_batch_as_features(x: jax.Array, kernel: jax.Array, padding: Padding) -> jax.Array:
+    """Stride-1 :func:`conv_xla` with the batch as XLA's feature dimension and the input
+    channels as its batch: ``x`` as ``[Ci, H, W, B]``, the kernel as ``[Ci, kh, kw, Co]``, the
+    output as ``[Ho, Wo, B, Co]``. The same values; JAX's transpose in the kernel, the weight
+    gradient ``dK[c, i, j, o] = sum_{h, w, b} x[c, h + i, w + j, b] dY[h, w, b, o]``, is then a
+    convolution in XLA's canonical layout (NHWC input, HWIO kernel), which XLA runs at
+    convolution speed inside loops too."""
+    y = lax.conv_general_dilated(
+        x.transpose(3, 1, 2, 0),
+        kernel.transpose(2, 0, 1, 3),
+        (1, 1),
+        padding,
+        dimension_numbers=("CHWN", "IHWO", "HWNC"),
+    )
+    return y.transpose(2, 0, 1, 3)
+
+
+MIN_TAPS_AS_CONVOLUTION = 25
+"""Stride-1 kernels with at least this many taps (5x5) take their weight gradient as one
+canonical convolution (:func:`_conv_batch_as_features`); smaller or strided ones as per-tap
+products (:func:`_conv_by_taps`), which read the output gradient once per tap."""
+
+
+def _kernel_tangent(x: jax.Array, dkernel: jax.Array, stride: int, padding: Padding) -> jax.Array:
+    """``conv(x, dK)``, in the form whose transpose is the faster weight gradient."""
+    kh, kw = dkernel.shape[:2]
+    if stride == 1 and kh * kw >= MIN_TAPS_AS_CONVOLUTION:
+        return _conv_batch_as_features(x, dkernel, padding)
+    return _conv_by_taps(x, dkernel, stride, padding)
+
+
+def _pad(x: jax.Array, padding: Padding) -> jax.Array:
+    return jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0)))
+
+
+def _out_size(n: int, pads: tuple[int, int], k: int, stride: int) -> int:
+    return (n + sum(pads) - k) // stride + 1
 
 
 @partial(jax.custom_jvp, nondiff_argnums=(2, 3))
@@ -105,9 +195,9 @@ def _conv_im2col_jvp(stride, padding, primals, tangents):
     y = conv_xla(x, kernel, stride, padding)
     terms = []
     if not isinstance(dx, SymbolicZero):
-        terms.append(_conv_kernel_hwoi(dx, kernel, stride, padding))
+        terms.append(_input_tangent(dx, kernel, stride, padding))
     if not isinstance(dkernel, SymbolicZero):
-        terms.append(_conv_by_taps(x, dkernel, stride, padding))
+        terms.append(_kernel_tangent(x, dkernel, stride, padding))
     dy = sum(terms[1:], terms[0]) if terms else jnp.zeros_like(y)
     return y, dy
 

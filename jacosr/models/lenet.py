@@ -18,10 +18,9 @@ def max_pool_2x2(x: jax.Array) -> jax.Array:
     reshape and a max over the window axes rather than XLA's ``reduce_window``: the derivative is
     then an element-wise mask (where x equals its window's max) instead of XLA's
     ``select_and_scatter``, which is slow on CPU, most of all vmapped over the d_z cotangents of
-    an exact Jacobian norm (LeNet on 32x32 images: 0.106 -> 0.055 CPU seconds per sample,
-    ``benchmarks/jacobian.py``). At a tie the mask splits the gradient between the tied inputs
-    where ``select_and_scatter`` gives it to the first; after a ReLU the ties are zeros, whose
-    gradient the ReLU zeroes either way.
+    an exact Jacobian norm (``benchmarks/jacobian.py``). At a tie the mask splits the gradient
+    between the tied inputs where ``select_and_scatter`` gives it to the first; after a ReLU the
+    ties are zeros, whose gradient the ReLU zeroes either way.
     """
     b, h, w, c = x.shape
     x = jnp.pad(x, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), constant_values=-jnp.inf)
@@ -33,18 +32,23 @@ class LeNet(nnx.Module):
 
     Two blocks of (5x5 bias-free conv, BatchNorm, ReLU, 2x2 max-pool) with 32 and 64 channels, then
     (Linear ``width``, BatchNorm, ReLU) and a linear embedding layer. The pooling is
-    :func:`max_pool_2x2`.
+    :func:`max_pool_2x2`. The convolutions are bias-free (BatchNorm follows) and from
+    :mod:`jacosr.models.conv`; ``conv_impl`` selects their derivatives (see there).
     """
 
     def __init__(
-        self, image_shape: tuple[int, ...], embed_dim: int, *, width: int = 256, rngs: nnx.Rngs
+        self,
+        image_shape: tuple[int, ...],
+        embed_dim: int,
+        *,
+        width: int = 256,
+        conv_impl: str = "auto",
+        rngs: nnx.Rngs,
     ):
         h, w, c = image_shape
-        # Bias-free convolutions (BatchNorm follows) from jacosr.models.conv: on CPU their weight
-        # gradient avoids XLA's, which is very slow inside the training dispatch's lax.scan.
-        self.conv1 = Conv(c, 32, 5, padding="SAME", rngs=rngs)
+        self.conv1 = Conv(c, 32, 5, padding="SAME", impl=conv_impl, rngs=rngs)
         self.bn1 = nnx.BatchNorm(32, momentum=0.9, rngs=rngs)
-        self.conv2 = Conv(32, 64, 5, padding="SAME", rngs=rngs)
+        self.conv2 = Conv(32, 64, 5, padding="SAME", impl=conv_impl, rngs=rngs)
         self.bn2 = nnx.BatchNorm(64, momentum=0.9, rngs=rngs)
         flat = math.ceil(math.ceil(h / 2) / 2) * math.ceil(math.ceil(w / 2) / 2) * 64
         self.fc = nnx.Linear(flat, width, rngs=rngs)
