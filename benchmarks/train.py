@@ -383,7 +383,7 @@ def _ratio(dispatch: list, torch: list) -> str:
     two ran back to back, so a busy spell of the machine slows both)."""
     pairs = [
         t["step_s"] / d["step_s"]
-        for d, t in zip(dispatch, torch, strict=True)
+        for d, t in zip(dispatch, torch, strict=False)
         if isinstance(d, dict) and isinstance(t, dict)
     ]
     return f"{statistics.median(pairs):.2f}" if pairs else "-"

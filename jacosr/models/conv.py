@@ -15,16 +15,19 @@ programs):
   I/O dimensions swapped) then arrives in the canonical HWIO layout. A strided convolution is
   first split into its stride-1 phases (:func:`_phases`), so that the transpose is ``s^2``
   small canonical convolutions, each scattered into its phase of the input gradient.
-* Weight gradient. Per kernel tap ``(i, j)`` as a matrix product,
+* Weight gradient. As one canonical convolution with the batch as the feature dimension and
+  the input channels as the batch (:func:`_conv_batch_as_features`), whose "kernel" is the
+  output gradient; a 1x1 kernel's as one matrix product ``dK = X^T @ dY`` (``[Ci, B Ho Wo] @
+  [B Ho Wo, Co]``, :func:`_conv_by_patches`), where the convolution form only adds transposes.
+* Small patches. A convolution on 1 to 3 input channels (every backbone's first layer), or
+  with a kernel larger than its input map, is one matrix product of its explicit patch matrix
+  (im2col, :data:`PATCHES_MAX_ROW`), values and derivatives alike.
 
-      dK[i, j] = sum_{b, h, w} x_pad[b, s h + i, s w + j, :]^T dy[b, h, w, :]
-               = X_ij^T @ dY          ([Ci, B Ho Wo] @ [B Ho Wo, Co]),
-
-  (the im2col weight gradient, one column block of the patch matrix at a time); or, for
-  stride-1 kernels with many taps (LeNet's 5x5), where the per-tap products would read the
-  output gradient once per tap, as one canonical convolution with the batch as the feature
-  dimension (:func:`_conv_batch_as_features`). Which one: :data:`MIN_TAPS_AS_CONVOLUTION`,
-  chosen by timing both on the backbones' layers (``benchmarks/train.py``, README "Speed").
+XLA's CPU backend has two convolution libraries: YNNPACK (its default) splits a convolution
+over tiles of output channels, so that a layer with at most 64 of them (LeNet's, the first
+stages of VGG32, WRN-16-4 and ResNet-18) runs on one core; Eigen's convolutions use every core.
+:func:`jacosr.config.configure_xla` (called by every jacosr command) hands convolutions to
+Eigen, and the forms above are the faster ones there (``benchmarks/train.py``, README "Speed").
 
 The rule is a ``jax.custom_jvp``, not a ``custom_vjp``, so that forward mode (``jax.jvp``,
 ``jax.jacfwd``, used by :mod:`jacosr.jacobian`) keeps working: the tangent is written as the sum
@@ -117,61 +120,56 @@ def _input_tangent(dx: jax.Array, kernel: jax.Array, stride: int, padding: Paddi
     return sum(terms[1:], terms[0])
 
 
-def _conv_by_taps(x: jax.Array, kernel: jax.Array, stride: int, padding: Padding) -> jax.Array:
-    """The convolution as ``sum_ij X_ij @ K[i, j]``, ``X_ij: [B Ho Wo, Ci]`` a strided slice.
-
-    Bilinear in ``(x, kernel)``; used for the kernel tangent, whose transpose is the weight
-    gradient ``dK[i, j] = X_ij^T @ dY``. Each product is 2-D with a single contracting
-    dimension, the form XLA runs without first transposing the cotangent.
-    """
+def _conv_by_patches(x: jax.Array, kernel: jax.Array, stride: int, padding: Padding) -> jax.Array:
+    """The convolution as one matrix product ``P @ K``: ``P: [B Ho Wo, kh kw Ci]`` the explicit
+    patch matrix (im2col; its column block ``(i, j)`` the strided slice ``X_ij`` of the padded
+    input), ``K: [kh kw Ci, Co]``. Plain JAX derivatives: the weight gradient is
+    ``P^T @ dY``, the input gradient ``dY @ K^T`` added back into place by the transposes of
+    the slices; all of them matrix products and copies, which XLA runs at speed in loops."""
     b, h, w, ci = x.shape
     kh, kw, _, co = kernel.shape
     xp = _pad(x, padding)
     ho = _out_size(h, padding[0], kh, stride)
     wo = _out_size(w, padding[1], kw, stride)
-    out = None
-    for i in range(kh):
-        for j in range(kw):
-            tap = lax.slice(
-                xp,
-                (0, i, j, 0),
-                (b, i + (ho - 1) * stride + 1, j + (wo - 1) * stride + 1, ci),
-                (1, stride, stride, 1),
-            )
-            term = tap.reshape(-1, ci) @ kernel[i, j]
-            out = term if out is None else out + term
-    return out.reshape(b, ho, wo, co)
+    taps = [
+        lax.slice(
+            xp,
+            (0, i, j, 0),
+            (b, i + (ho - 1) * stride + 1, j + (wo - 1) * stride + 1, ci),
+            (1, stride, stride, 1),
+        )
+        for i in range(kh)
+        for j in range(kw)
+    ]
+    patches = taps[0] if len(taps) == 1 else jnp.concatenate(taps, axis=-1)
+    return (patches.reshape(-1, kh * kw * ci) @ kernel.reshape(-1, co)).reshape(b, ho, wo, co)
 
 
-def _conv_batch_as_features(x: jax.Array, kernel: jax.Array, padding: Padding) -> jax.Array:
-    """Stride-1 :func:`conv_xla` with the batch as XLA's feature dimension and the input
-    channels as its batch: ``x`` as ``[Ci, H, W, B]``, the kernel as ``[Ci, kh, kw, Co]``, the
-    output as ``[Ho, Wo, B, Co]``. The same values; JAX's transpose in the kernel, the weight
-    gradient ``dK[c, i, j, o] = sum_{h, w, b} x[c, h + i, w + j, b] dY[h, w, b, o]``, is then a
-    convolution in XLA's canonical layout (NHWC input, HWIO kernel), which XLA runs at
-    convolution speed inside loops too."""
+def _conv_batch_as_features(
+    x: jax.Array, kernel: jax.Array, stride: int, padding: Padding
+) -> jax.Array:
+    """:func:`conv_xla` with the batch as XLA's feature dimension and the input channels as its
+    batch: ``x`` as ``[Ci, H, W, B]``, the kernel as ``[Ci, kh, kw, Co]``, the output as
+    ``[Ho, Wo, B, Co]``. The same values; JAX's transpose in the kernel, the weight gradient
+    ``dK[c, i, j, o] = sum_{h, w, b} x[c, s h + i, s w + j, b] dY[h, w, b, o]`` (a convolution
+    whose kernel is the output gradient, dilated by the stride), is then in XLA's canonical
+    layout (NHWC input, HWIO kernel), which XLA runs at convolution speed inside loops too."""
     y = lax.conv_general_dilated(
         x.transpose(3, 1, 2, 0),
         kernel.transpose(2, 0, 1, 3),
-        (1, 1),
+        (stride, stride),
         padding,
         dimension_numbers=("CHWN", "IHWO", "HWNC"),
     )
     return y.transpose(2, 0, 1, 3)
 
 
-MIN_TAPS_AS_CONVOLUTION = 25
-"""Stride-1 kernels with at least this many taps (5x5) take their weight gradient as one
-canonical convolution (:func:`_conv_batch_as_features`); smaller or strided ones as per-tap
-products (:func:`_conv_by_taps`), which read the output gradient once per tap."""
-
-
 def _kernel_tangent(x: jax.Array, dkernel: jax.Array, stride: int, padding: Padding) -> jax.Array:
-    """``conv(x, dK)``, in the form whose transpose is the faster weight gradient."""
-    kh, kw = dkernel.shape[:2]
-    if stride == 1 and kh * kw >= MIN_TAPS_AS_CONVOLUTION:
-        return _conv_batch_as_features(x, dkernel, padding)
-    return _conv_by_taps(x, dkernel, stride, padding)
+    """``conv(x, dK)``, in the form whose transpose is the faster weight gradient: one matrix
+    product for a 1x1 kernel, one canonical convolution for larger ones."""
+    if dkernel.shape[:2] == (1, 1):
+        return _conv_by_patches(x, dkernel, stride, padding)
+    return _conv_batch_as_features(x, dkernel, stride, padding)
 
 
 def _pad(x: jax.Array, padding: Padding) -> jax.Array:
@@ -182,14 +180,32 @@ def _out_size(n: int, pads: tuple[int, int], k: int, stride: int) -> int:
     return (n + sum(pads) - k) // stride + 1
 
 
-@partial(jax.custom_jvp, nondiff_argnums=(2, 3))
+PATCHES_MAX_ROW = 32
+"""A convolution whose patch row ``kh kw Ci`` has at most this many entries (the first layer of
+each backbone, on 1 or 3 input channels), or whose kernel is larger than its input map (most of
+every window is padding: LeNet's second layer on 8x8 digits), runs as one matrix product of
+its explicit patch matrix (:func:`_conv_by_patches`), which is small there; the convolution
+kernels of XLA's CPU backend are slow on so few input channels and on so much padding."""
+
+
 def conv_im2col(x: jax.Array, kernel: jax.Array, stride: int, padding: Padding) -> jax.Array:
-    """Same values as :func:`conv_xla`; derivatives through matrix products (see the module)."""
+    """Same values as :func:`conv_xla`; derivatives through canonical convolutions and matrix
+    products (see the module), or the whole convolution as one product of its patch matrix
+    (:data:`PATCHES_MAX_ROW`)."""
+    kh, kw, ci, _ = kernel.shape
+    if kh * kw * ci <= PATCHES_MAX_ROW or kh > x.shape[1] or kw > x.shape[2]:
+        return _conv_by_patches(x, kernel, stride, padding)
+    return _conv_canonical(x, kernel, stride, padding)
+
+
+@partial(jax.custom_jvp, nondiff_argnums=(2, 3))
+def _conv_canonical(x: jax.Array, kernel: jax.Array, stride: int, padding: Padding) -> jax.Array:
+    """:func:`conv_xla` with the derivatives of the module docstring."""
     return conv_xla(x, kernel, stride, padding)
 
 
-@partial(conv_im2col.defjvp, symbolic_zeros=True)
-def _conv_im2col_jvp(stride, padding, primals, tangents):
+@partial(_conv_canonical.defjvp, symbolic_zeros=True)
+def _conv_canonical_jvp(stride, padding, primals, tangents):
     x, kernel = primals
     dx, dkernel = tangents
     y = conv_xla(x, kernel, stride, padding)
