@@ -2,8 +2,9 @@
 
 Command (from the repository root)::
 
-    .venv/bin/python benchmarks/train.py            # about 25 min on 2 CPU cores
-    .venv/bin/python benchmarks/train.py --backbones vgg32 --allocators glibc   # about 4 min
+    .venv/bin/python benchmarks/train.py            # every method, both allocators
+    .venv/bin/python benchmarks/train.py --methods dispatch torch --allocators glibc --rounds 3
+    .venv/bin/python benchmarks/train.py --backbones lenet28 vgg32 --methods dispatch torch
 
 Prints one table per allocator (glibc malloc; jemalloc by ``LD_PRELOAD`` of Debian's
 ``libjemalloc2`` when installed, configured as ``benchmarks/allocators.py`` says) with a row
@@ -14,7 +15,8 @@ ResNet-18 at 32x32x3 -- and a column per method:
 * ``dispatch``: the library's training dispatch (:func:`jacosr.train.make_train_dispatch`
   with ``dispatch_steps`` = ``--steps``: ``--steps`` steps in one ``lax.scan`` of that static
   length, as training runs between checkpoints) with the default convolution
-  (``conv_impl="auto"``: the im2col weight gradient on CPU, XLA's on GPU); m-OvR loss, SGD
+  (``conv_impl="auto"``: :mod:`jacosr.models.conv`'s derivatives on CPU, XLA's on GPU) and
+  the entry points' XLA flags (:func:`jacosr.config.configure_xla`); m-OvR loss, SGD
   momentum, weight decay; no augmentation and no rotation task, so each step is 128 images
   forward and backward.
 * ``paper``: the same dispatch with the paper's recipe on image data sets, weak augmentation
@@ -22,9 +24,9 @@ ResNet-18 at 32x32x3 -- and a column per method:
   128 upright ones and their rotated copies). Its ``s/1k`` column is what one thousand steps
   of ``python -m jacosr.train`` cost on CIFAR-shaped data, evaluation and checkpoints aside.
 * ``step-im2col`` / ``step-xla``: one jitted step (the same objective and optimiser, no scan)
-  with the backbone's convolutions forced to :mod:`jacosr.models.conv`'s im2col rule or to
-  XLA's own gradients. XLA's are not timed inside ``lax.scan``: there its CPU weight gradient
-  is about a hundred times slower still (the ``--probe`` table).
+  with the backbone's convolutions forced to :mod:`jacosr.models.conv`'s rule or to XLA's own
+  derivatives. XLA's are not timed inside the dispatch's loop, where XLA runs its CPU weight
+  gradient on a slow generic path (the ``--probe`` table).
 * ``torch``: the same architecture in PyTorch eager (``torch`` optional, not a dependency),
   ``nn.CrossEntropyLoss`` and ``torch.optim.SGD`` with momentum and weight decay; on CUDA
   when torch sees a GPU (with ``cudnn.benchmark``, as training scripts set it), else on CPU
@@ -35,8 +37,10 @@ Each cell is ``batch / step time``, the step time after one compiled warm-up (th
 timed as one block after four warm-up steps), run in a fresh subprocess (so
 allocators and compilation caches do not leak between cells) with a ``--timeout``. With
 ``--rounds R`` every row's cells run R times, interleaved, and the median is shown: other jobs
-on a shared machine then slow every column alike. ``dispatch/torch`` is the ratio of the two
-throughputs; ``s/1k dispatch`` and ``s/1k paper`` are seconds per 1000 steps.
+on a shared machine then slow every column alike. ``dispatch/torch`` is the median over the
+rounds of the ratio of the two throughputs in the same round; ``s/1k dispatch`` and ``s/1k
+paper`` are seconds per 1000 steps. The load average at the start and the end is printed: on
+a loaded machine torch's OpenMP threads lose far more than XLA's, so compare on an idle one.
 
 How close the step comes to the machine: ``% peak`` is XLA's FLOP count of one training step
 (``cost_analysis`` of the jitted step: forward, both gradients, the update) over the step
