@@ -59,6 +59,7 @@ from pathlib import Path
 
 import numpy as np
 from allocators import ENVIRONMENTS, allocator_envs
+from peak import matmul_peak
 
 from jacosr.config import configure_xla
 
@@ -253,23 +254,6 @@ def torch_twin(model, net: str, device):
 
 # ---------------------------------------------------------------------------------------------
 # Row groups (each a child process)
-
-
-def matmul_peak(n: int = 2048, min_seconds: float = 1.0) -> tuple[float, float]:
-    """The reference of the exact rows' ``% peak``: FLOP/s of XLA's float32 ``n x n`` matrix
-    product on the default device, by wall time and per CPU-second of this process."""
-    import jax
-    import jax.numpy as jnp
-
-    a = jnp.ones((n, n), jnp.float32)
-    product = jax.jit(lambda a: a @ a).lower(a).compile()
-    product(a).block_until_ready()
-    calls, wall, cpu = 0, time.perf_counter(), time.process_time()
-    while calls == 0 or time.perf_counter() - wall < min_seconds:
-        product(a).block_until_ready()
-        calls += 1
-    flops = 2 * n**3 * calls
-    return flops / (time.perf_counter() - wall), flops / (time.process_time() - cpu)
 
 
 def exact_flops(f, state, x, mode: str) -> float:

@@ -102,7 +102,10 @@ def from_dict(cls: type[T], data: dict) -> T:
     return cls(**{k: _coerce(hints[k], v) for k, v in data.items()})
 
 
-XLA_CPU_FLAGS = ("--xla_cpu_enable_concurrency_optimized_scheduler=false",)
+XLA_CPU_FLAGS = (
+    "--xla_cpu_enable_concurrency_optimized_scheduler=false",
+    "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution",
+)
 """XLA flags every jacosr entry point sets (:func:`configure_xla`).
 
 XLA CPU's concurrency-optimised scheduler (on by default in jax 0.10) runs independent
@@ -111,16 +114,26 @@ operations of one program side by side, independent batched LAPACK calls include
 so two at once on two cores park the whole pool and hang for good (see
 :data:`jacosr.jacobian.driver.CPU_WORKERS`). jacosr's own kernels order their LAPACK calls and
 run such programs one at a time, so they no longer need this flag; it stays as a guard for a
-user's ``f`` with independent linear algebra inside, and it cost jacosr's own exact norms
-nothing measurable (README, "Speed")."""
+user's ``f`` with independent linear algebra inside, and costs nothing measurable (README
+"Speed").
+
+The second hands convolutions to XLA's Eigen kernels instead of YNNPACK's. YNNPACK splits a
+convolution only over tiles of output channels, so every layer with at most 64 of them (LeNet,
+the first stages of VGG32, WRN-16-4 and ResNet-18, and their input gradients) runs on a single
+core, and XLA runs one operation at a time; Eigen's convolutions split over the batch and the
+image too and use every core, for no more CPU time in total. :mod:`jacosr.models.conv` writes
+its derivatives in the forms that are fast there. Measured in ``benchmarks/train.py`` and
+``benchmarks/jacobian.py`` (README "Speed")."""
 
 
 def configure_xla() -> None:
     """Add :data:`XLA_CPU_FLAGS` to ``XLA_FLAGS`` unless the user set those flags already.
 
     Entry points call this before anything starts jax's backend (which reads ``XLA_FLAGS``
-    once); :func:`cli` does. Code that imports jacosr as a library sets the variable itself:
-    ``XLA_FLAGS=--xla_cpu_enable_concurrency_optimized_scheduler=false`` (see the README).
+    once); :func:`cli` does. Code that imports jacosr as a library sets the variable itself,
+    ``XLA_FLAGS="--xla_cpu_enable_concurrency_optimized_scheduler=false
+    --xla_cpu_experimental_ynn_fusion_type=-individual_convolution"`` (see the README), or
+    calls this function before its first jax computation.
     """
     flags = os.environ.get("XLA_FLAGS", "")
     extra = [f for f in XLA_CPU_FLAGS if f.split("=")[0] not in flags]

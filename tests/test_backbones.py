@@ -1,4 +1,4 @@
-"""VGG32, WRN-16-4 and ResNet-18: parameter counts, shapes, train/eval behaviour."""
+"""VGG32, WRN-16-4, ResNet-18 and LeNet: parameter counts, shapes, train/eval behaviour."""
 
 import jax
 import jax.numpy as jnp
@@ -14,8 +14,10 @@ from jacosr.models import (
     OpenSetNet,
     ResNet18,
     apply_model,
+    lenet,
     split_model,
 )
+from jacosr.models.lenet import LeNet
 
 CONV_BACKBONES = {"vgg32": 128, "wrn16_4": 256, "resnet18": 512}
 
@@ -136,3 +138,31 @@ def test_vgg32_dropout_varies_with_key_and_drops_whole_channels():
 def test_embed_dim_must_be_the_last_width(name):
     with pytest.raises(ValueError, match=str(CONV_BACKBONES[name])):
         BACKBONES[name]((32, 32, 3), 64, rngs=nnx.Rngs(0))
+
+
+@pytest.mark.parametrize("shape", [(10, 10, 1), (9, 9, 1)])
+def test_lenet_max_pool_trains_as_select_and_scatter(monkeypatch, shape):
+    """LeNet's max-pool gives, inside jit and in train mode, the gradient of XLA's own
+    ``reduce_window`` max-pool (select_and_scatter: the first maximum of a window takes its
+    gradient), on even and odd sides. A mask ``x == max`` did not: XLA computed the
+    activations twice, to different last bits, and windows lost their gradient."""
+    x = jax.random.normal(jax.random.key(2), (4, *shape))
+
+    def grads():
+        model = LeNet(shape, 16, width=32, rngs=nnx.Rngs(0))
+        graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+        def loss(params):
+            out = nnx.merge(graphdef, params, rest, copy=True)(x, train=True)
+            return jnp.sum(jnp.sin(out))
+
+        return jax.jit(jax.grad(loss))(params)
+
+    ours = grads()
+    monkeypatch.setattr(
+        lenet, "max_pool_2x2", lambda x: nnx.max_pool(x, (2, 2), strides=(2, 2), padding="SAME")
+    )
+    ref = grads()
+    scale = max(float(np.abs(b).max()) for b in jax.tree.leaves(ref))
+    for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(ref), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * scale)

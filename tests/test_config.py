@@ -46,7 +46,7 @@ def test_configure_xla_keeps_a_users_value_of_the_same_flag(monkeypatch):
     monkeypatch.setenv("XLA_FLAGS", mine)
     configure_xla()
 
-    assert os.environ["XLA_FLAGS"] == mine
+    assert os.environ["XLA_FLAGS"].split() == [mine, *XLA_CPU_FLAGS[1:]]
 
 
 def test_configure_xla_without_any_flags_set(monkeypatch):

@@ -1,35 +1,45 @@
-"""Bias-free 2-D convolution whose weight gradient is a sum of matrix products on CPU.
+"""Bias-free 2-D convolution whose derivatives run on XLA's fast CPU paths, in loops too.
 
-Why this module exists: XLA's CPU backend lowers the weight gradient of a convolution to a
-convolution whose "kernel" is the whole output map, which runs several times slower than the
-forward convolution, and slower still inside ``lax.scan`` (the multi-step training dispatch;
-measured: README, "Speed"). Written per kernel tap ``(i, j)`` as a matrix product,
+Why this module exists: XLA's CPU backend runs a convolution fast only in its canonical form
+(NHWC input, HWIO kernel, no zeros inserted into the input); any other form falls to a
+generic loop nest, which is many times slower, and inside ``lax.scan`` / ``fori_loop`` (the
+multi-step training dispatch) XLA does not rewrite one form into the other. JAX's own
+derivatives of a convolution are in other forms: the weight gradient is a convolution whose
+"kernel" is the whole output map, and the input gradient of a strided convolution convolves an
+input dilated with zeros (``s^2`` times the products). Here every derivative is written so that
+what XLA runs is canonical convolutions and matrix products (``tests/test_conv.py`` checks the
+programs):
 
-    dK[i, j] = sum_{b, h, w} x_pad[b, s h + i, s w + j, :]^T dy[b, h, w, :]
-             = X_ij^T @ dY          ([Ci, B Ho Wo] @ [B Ho Wo, Co]),
+* Input gradient. The input tangent ``conv(dx, K)`` is handed to XLA with the kernel in HWOI
+  layout: the same linear map, whose transpose (a convolution with the reversed kernel and its
+  I/O dimensions swapped) then arrives in the canonical HWIO layout. A strided convolution is
+  first split into its stride-1 phases (:func:`_phases`), so that the transpose is ``s^2``
+  small canonical convolutions, each scattered into its phase of the input gradient.
+* Weight gradient. As one canonical convolution with the batch as the feature dimension and
+  the input channels as the batch (:func:`_conv_batch_as_features`), whose "kernel" is the
+  output gradient; a 1x1 kernel's as one matrix product ``dK = X^T @ dY`` (``[Ci, B Ho Wo] @
+  [B Ho Wo, Co]``, :func:`_conv_by_patches`), where the convolution form only adds transposes.
+* Small patches. A convolution on 1 to 3 input channels (every backbone's first layer), or
+  with a kernel larger than its input map, is one matrix product of its explicit patch matrix
+  (im2col, :data:`PATCHES_MAX_ROW`), values and derivatives alike.
 
-(the im2col weight gradient, one column block of the patch matrix at a time), it runs at
-matrix-multiply speed in and out of loops, which raises the backbones' training throughput on
-CPU (``benchmarks/train.py``; measured: README, "Speed").
+XLA's CPU backend has two convolution libraries: YNNPACK (its default) splits a convolution
+over tiles of output channels, so that a layer with at most 64 of them (LeNet's, the first
+stages of VGG32, WRN-16-4 and ResNet-18) runs on one core; Eigen's convolutions use every core.
+:func:`jacosr.config.configure_xla` (called by every jacosr command) hands convolutions to
+Eigen, and the forms above are the faster ones there (``benchmarks/train.py``, README "Speed").
 
 The rule is a ``jax.custom_jvp``, not a ``custom_vjp``, so that forward mode (``jax.jvp``,
 ``jax.jacfwd``, used by :mod:`jacosr.jacobian`) keeps working: the tangent is written as the sum
-of two linear maps, ``conv(dx, K)`` and ``sum_ij X_ij @ dK[i, j]``, and JAX's transpose of the
-second is exactly the sum of products above. A tangent that is symbolically zero (the kernel's,
-when only the input is differentiated, as in the Jacobian engine) costs nothing, so forward and
-reverse mode in the input cost what they cost for ``lax.conv_general_dilated``. Values and all
+of two linear maps, the input tangent and the kernel tangent above, and JAX's transposes of
+them are the gradients described. A tangent that is symbolically zero (the kernel's, when only
+the input is differentiated, as in the Jacobian engine) costs nothing. Values and all
 derivatives equal the plain convolution's up to float32 summation order
 (``tests/test_conv.py``).
 
-The input tangent ``conv(dx, K)`` is handed to XLA with the kernel in HWOI layout. It is the
-same linear map, but its transpose (the input gradient: a convolution with the reversed kernel
-and its I/O dimensions swapped) then arrives in XLA's canonical HWIO layout, which keeps it on
-the fast convolution path inside ``lax.scan`` (in the default layout it runs several times
-slower there; README, "Speed").
-
 Which implementation: ``impl="auto"`` (the default) resolves at trace time to ``"im2col"``
 when ``jax.default_backend() == "cpu"`` and to ``"xla"`` otherwise, because on GPU cuDNN's own
-weight gradients are the fast ones. ``"xla"`` and ``"im2col"`` force one or the other.
+derivatives are the fast ones. ``"xla"`` and ``"im2col"`` force one or the other.
 """
 
 from __future__ import annotations
@@ -67,48 +77,143 @@ def _conv_kernel_hwoi(x: jax.Array, kernel: jax.Array, stride: int, padding: Pad
     )
 
 
-def _conv_by_taps(x: jax.Array, kernel: jax.Array, stride: int, padding: Padding) -> jax.Array:
-    """The convolution as ``sum_ij X_ij @ K[i, j]``, ``X_ij: [B Ho Wo, Ci]`` a strided slice.
+def _phases(
+    xp: jax.Array, kernel: jax.Array, stride: int, out_hw: tuple[int, int]
+) -> list[tuple[jax.Array, jax.Array]]:
+    """A stride-``s`` convolution of the padded ``xp`` as stride-1 ones over its phases.
 
-    Bilinear in ``(x, kernel)``; used for the kernel tangent, whose transpose is the weight
-    gradient ``dK[i, j] = X_ij^T @ dY``. Each product is 2-D with a single contracting
-    dimension, the form XLA runs without first transposing the cotangent.
+    With taps ``i = s a + p`` and ``j = s c + q``, ``xp[s h + i, s w + j] = xp_pq[h + a, w + c]``
+    for ``xp_pq = xp[p::s, q::s]``, so ``y = sum_pq conv_valid(xp_pq, K[p::s, q::s])``: the same
+    products as the strided convolution, none wasted. Returns the ``(xp_pq, K_pq)`` pairs, each
+    ``xp_pq`` cut to the rows and columns that reach an output in ``out_hw``.
     """
-    b, h, w, ci = x.shape
-    kh, kw, _, co = kernel.shape
-    xp = jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0)))
-    ho = (h + sum(padding[0]) - kh) // stride + 1
-    wo = (w + sum(padding[1]) - kw) // stride + 1
-    out = None
-    for i in range(kh):
-        for j in range(kw):
-            tap = lax.slice(
+    b, _, _, ci = xp.shape
+    kh, kw = kernel.shape[:2]
+    ho, wo = out_hw
+    pairs = []
+    for p in range(min(stride, kh)):
+        for q in range(min(stride, kw)):
+            k_pq = kernel[p::stride, q::stride]
+            a, c = k_pq.shape[:2]
+            x_pq = lax.slice(
                 xp,
-                (0, i, j, 0),
-                (b, i + (ho - 1) * stride + 1, j + (wo - 1) * stride + 1, ci),
+                (0, p, q, 0),
+                (b, p + stride * (ho + a - 2) + 1, q + stride * (wo + c - 2) + 1, ci),
                 (1, stride, stride, 1),
             )
-            term = tap.reshape(-1, ci) @ kernel[i, j]
-            out = term if out is None else out + term
-    return out.reshape(b, ho, wo, co)
+            pairs.append((x_pq, k_pq))
+    return pairs
+
+
+def _input_tangent(dx: jax.Array, kernel: jax.Array, stride: int, padding: Padding) -> jax.Array:
+    """``conv(dx, K)``, written so that its transpose (the input gradient) is XLA's canonical
+    stride-1 convolution: HWOI for stride 1 (see the module), and for larger strides a sum over
+    :func:`_phases`, whose transpose scatters each phase's stride-1 gradient into place instead
+    of convolving an input dilated with zeros (s^2 times the products, on XLA's slow path)."""
+    if stride == 1:
+        return _conv_kernel_hwoi(dx, kernel, 1, padding)
+    _, h, w, _ = dx.shape
+    kh, kw = kernel.shape[:2]
+    out_hw = (_out_size(h, padding[0], kh, stride), _out_size(w, padding[1], kw, stride))
+    pairs = _phases(_pad(dx, padding), kernel, stride, out_hw)
+    terms = [_conv_kernel_hwoi(x_pq, k_pq, 1, ((0, 0), (0, 0))) for x_pq, k_pq in pairs]
+    return sum(terms[1:], terms[0])
+
+
+def _conv_by_patches(x: jax.Array, kernel: jax.Array, stride: int, padding: Padding) -> jax.Array:
+    """The convolution as one matrix product ``P @ K``: ``P: [B Ho Wo, kh kw Ci]`` the explicit
+    patch matrix (im2col; its column block ``(i, j)`` the strided slice ``X_ij`` of the padded
+    input), ``K: [kh kw Ci, Co]``. Plain JAX derivatives: the weight gradient is
+    ``P^T @ dY``, the input gradient ``dY @ K^T`` added back into place by the transposes of
+    the slices; all of them matrix products and copies, which XLA runs at speed in loops."""
+    b, h, w, ci = x.shape
+    kh, kw, _, co = kernel.shape
+    xp = _pad(x, padding)
+    ho = _out_size(h, padding[0], kh, stride)
+    wo = _out_size(w, padding[1], kw, stride)
+    taps = [
+        lax.slice(
+            xp,
+            (0, i, j, 0),
+            (b, i + (ho - 1) * stride + 1, j + (wo - 1) * stride + 1, ci),
+            (1, stride, stride, 1),
+        )
+        for i in range(kh)
+        for j in range(kw)
+    ]
+    patches = taps[0] if len(taps) == 1 else jnp.concatenate(taps, axis=-1)
+    return (patches.reshape(-1, kh * kw * ci) @ kernel.reshape(-1, co)).reshape(b, ho, wo, co)
+
+
+def _conv_batch_as_features(
+    x: jax.Array, kernel: jax.Array, stride: int, padding: Padding
+) -> jax.Array:
+    """:func:`conv_xla` with the batch as XLA's feature dimension and the input channels as its
+    batch: ``x`` as ``[Ci, H, W, B]``, the kernel as ``[Ci, kh, kw, Co]``, the output as
+    ``[Ho, Wo, B, Co]``. The same values; JAX's transpose in the kernel, the weight gradient
+    ``dK[c, i, j, o] = sum_{h, w, b} x[c, s h + i, s w + j, b] dY[h, w, b, o]`` (a convolution
+    whose kernel is the output gradient, dilated by the stride), is then in XLA's canonical
+    layout (NHWC input, HWIO kernel), which XLA runs at convolution speed inside loops too."""
+    y = lax.conv_general_dilated(
+        x.transpose(3, 1, 2, 0),
+        kernel.transpose(2, 0, 1, 3),
+        (stride, stride),
+        padding,
+        dimension_numbers=("CHWN", "IHWO", "HWNC"),
+    )
+    return y.transpose(2, 0, 1, 3)
+
+
+def _kernel_tangent(x: jax.Array, dkernel: jax.Array, stride: int, padding: Padding) -> jax.Array:
+    """``conv(x, dK)``, in the form whose transpose is the faster weight gradient: one matrix
+    product for a 1x1 kernel, one canonical convolution for larger ones."""
+    if dkernel.shape[:2] == (1, 1):
+        return _conv_by_patches(x, dkernel, stride, padding)
+    return _conv_batch_as_features(x, dkernel, stride, padding)
+
+
+def _pad(x: jax.Array, padding: Padding) -> jax.Array:
+    return jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0)))
+
+
+def _out_size(n: int, pads: tuple[int, int], k: int, stride: int) -> int:
+    return (n + sum(pads) - k) // stride + 1
+
+
+PATCHES_MAX_ROW = 32
+"""A convolution whose patch row ``kh kw Ci`` has at most this many entries (the first layer of
+each backbone, on 1 or 3 input channels), or whose kernel is larger than its input map (most of
+every window is padding: LeNet's second layer on 8x8 digits), runs as one matrix product of
+its explicit patch matrix (:func:`_conv_by_patches`), which is small there; the convolution
+kernels of XLA's CPU backend are slow on so few input channels and on so much padding."""
+
+
+def conv_im2col(x: jax.Array, kernel: jax.Array, stride: int, padding: Padding) -> jax.Array:
+    """Same values as :func:`conv_xla`; derivatives through canonical convolutions and matrix
+    products (see the module), or the whole convolution as one product of its patch matrix
+    (:data:`PATCHES_MAX_ROW`)."""
+    kh, kw, ci, _ = kernel.shape
+    if kh * kw * ci <= PATCHES_MAX_ROW or kh > x.shape[1] or kw > x.shape[2]:
+        return _conv_by_patches(x, kernel, stride, padding)
+    return _conv_canonical(x, kernel, stride, padding)
 
 
 @partial(jax.custom_jvp, nondiff_argnums=(2, 3))
-def conv_im2col(x: jax.Array, kernel: jax.Array, stride: int, padding: Padding) -> jax.Array:
-    """Same values as :func:`conv_xla`; derivatives through matrix products (see the module)."""
+def _conv_canonical(x: jax.Array, kernel: jax.Array, stride: int, padding: Padding) -> jax.Array:
+    """:func:`conv_xla` with the derivatives of the module docstring."""
     return conv_xla(x, kernel, stride, padding)
 
 
-@partial(conv_im2col.defjvp, symbolic_zeros=True)
-def _conv_im2col_jvp(stride, padding, primals, tangents):
+@partial(_conv_canonical.defjvp, symbolic_zeros=True)
+def _conv_canonical_jvp(stride, padding, primals, tangents):
     x, kernel = primals
     dx, dkernel = tangents
     y = conv_xla(x, kernel, stride, padding)
     terms = []
     if not isinstance(dx, SymbolicZero):
-        terms.append(_conv_kernel_hwoi(dx, kernel, stride, padding))
+        terms.append(_input_tangent(dx, kernel, stride, padding))
     if not isinstance(dkernel, SymbolicZero):
-        terms.append(_conv_by_taps(x, dkernel, stride, padding))
+        terms.append(_kernel_tangent(x, dkernel, stride, padding))
     dy = sum(terms[1:], terms[0]) if terms else jnp.zeros_like(y)
     return y, dy
 
