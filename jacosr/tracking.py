@@ -355,19 +355,23 @@ def series_over_seeds(runs: Mapping[str, list[dict]]) -> dict:
     """``{"steps": [T], "mean": {metric: [T]}, "std": {metric: [T]}, "final": {metric:
     [S]}, "estimator", "num_probes"}`` from the ``dynamics.jsonl`` rows of one run's S
     seeds (``run name -> rows``; every seed tracks the same steps). ``std`` is the sample
-    standard deviation over seeds (ddof 1)."""
+    standard deviation over seeds (ddof 1). A seed's infinite value (the DBI of an embedding
+    whose class means coincide, early in training) makes that step's mean infinite and its
+    std NaN: undefined, not an error."""
     tables = list(runs.values())
     steps = [row["step"] for row in tables[0]]
     for rows in tables:
         if [row["step"] for row in rows] != steps:
             raise ValueError(f"the seeds of a run tracked different steps: {list(runs)}")
     values = {m: np.array([[row[m] for row in rows] for rows in tables]) for m in SERIES}
+    with np.errstate(invalid="ignore"):  # inf - inf in the std: NaN, as documented
+        std = {m: v.std(axis=0, ddof=1).tolist() for m, v in values.items()}
     return {
         "runs": list(runs),
         "estimator": tables[0][0]["estimator"],
         "num_probes": tables[0][0]["num_probes"],
         "steps": steps,
         "mean": {m: v.mean(axis=0).tolist() for m, v in values.items()},
-        "std": {m: v.std(axis=0, ddof=1).tolist() for m, v in values.items()},
+        "std": std,
         "final": {m: v[:, -1].tolist() for m, v in values.items()},
     }

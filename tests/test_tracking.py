@@ -376,3 +376,26 @@ def test_rows_do_not_depend_on_the_dispatch_and_a_finished_run_is_only_read(
     before = (tmp_path / DYNAMICS_FILE).stat().st_mtime_ns
     fit(config, data, tmp_path, progress=False)
     assert (tmp_path / DYNAMICS_FILE).stat().st_mtime_ns == before
+
+
+def test_an_infinite_value_makes_its_steps_mean_infinite_and_std_undefined(recwarn):
+    """A collapsed embedding's DBI is inf (jacosr.geometry): series over seeds keep it, with
+    no warning, rather than fail or drop the seed."""
+    from jacosr.tracking import SERIES, series_over_seeds
+
+    def row(step, dbi):
+        return (
+            {"step": step, "estimator": "exact", "num_probes": None}
+            | dict.fromkeys(SERIES, 0.5)
+            | {"dbi": dbi}
+        )
+
+    series = series_over_seeds(
+        {"a/seed0": [row(0, 1.0), row(5, np.inf)], "a/seed1": [row(0, 3.0), row(5, 2.0)]}
+    )
+    assert series["mean"]["dbi"] == [2.0, np.inf]
+    assert series["std"]["dbi"][0] == pytest.approx(np.sqrt(2)) and np.isnan(
+        series["std"]["dbi"][1]
+    )
+    assert series["final"]["dbi"] == [np.inf, 2.0]
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
