@@ -28,6 +28,7 @@ from jacosr.data import DataConfig, DataNotPreparedError
 from jacosr.evaluate import EvalConfig
 from jacosr.losses import LossConfig
 from jacosr.models import ModelConfig
+from jacosr.recipe import JacobianTerms
 from jacosr.scores import ScoreConfig
 
 # --- the XLA flags ------------------------------------------------------------------------
@@ -81,6 +82,19 @@ UNKNOWN = "unset (every class that is not known) or distinct class indices >= 0"
 VAL = "a fraction in [0, 1) (0: no known-val, and no macro-F1)"
 BENCHMARKS = "mnist, svhn, cifar10, cifar+10, cifar+50, tinyimagenet"
 REFUSED = [
+    (JacobianTerms, {"jacobian_reg": -1.0}, "--jacobian-reg must be >= 0 and finite (0: off)"),
+    (
+        JacobianTerms,
+        {"open_space_reg": float("inf")},
+        "--open-space-reg must be >= 0 and finite (0: off)",
+    ),
+    (JacobianTerms, {"jacobian_reg_probes": 0}, "--jacobian-reg-probes must be >= 1"),
+    (
+        JacobianTerms,
+        {"jacobian_reg_side": "sideways"},
+        "--jacobian-reg-side must be one of output, input",
+    ),
+    (JacobianTerms, {"open_space_ratio": 0.0}, "--open-space-ratio must be > 0 and finite"),
     (LossConfig, {"loss": "arcface"}, "--loss must be one of doc, gcpl, movr, nsce, rpl, sce"),
     (LossConfig, {"margin_pos": -0.1}, f"--margin-pos must be {MARGIN}"),
     (LossConfig, {"margin_pos": math.pi}, f"--margin-pos must be {MARGIN}"),
