@@ -7,11 +7,11 @@ import json
 
 import numpy as np
 import pytest
+from helpers import refused
 
 import jacosr.train
 from jacosr.experiments.jacobian_training import main
 from jacosr.runs import read_dynamics, read_results
-from tests.helpers import refused
 
 TINY_FLAGS = [
     *("--width", "32", "--embed-dim", "16", "--steps", "30", "--log-every", "10"),
