@@ -6,9 +6,11 @@ workers and the ``python -m jacosr...`` subprocesses the tests start) compiles e
 program once. The cache is keyed by the program, the jax/XLA versions and flags, so it changes
 no result; a ``JAX_COMPILATION_CACHE_DIR`` set by the user is used as it is and kept.
 
-The tests' programs are tiny, so compiling them costs far more than running them, and XLA's CPU
-backend compiles them the cheap way (README, "Two commands", has the times) with the flags
-below, unless ``XLA_FLAGS`` already sets them or this jaxlib's XLA does not know one:
+The tests' programs are tiny, so compiling them costs more than running them, and XLA's CPU
+backend compiles them the cheap way with the flags below (README, "Two commands", has the
+times; the few tests that compute much, the shared 2000-step digits run and VGG32's full
+Jacobians, run slower this way, the suite as a whole faster), unless ``XLA_FLAGS`` already sets
+them or this jaxlib's XLA does not know one:
 
 - ``--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true``: no LLVM
   optimisation of the machine code;
