@@ -6,17 +6,35 @@ workers and the ``python -m jacosr...`` subprocesses the tests start) compiles e
 program once. The cache is keyed by the program, the jax/XLA versions and flags, so it changes
 no result; a ``JAX_COMPILATION_CACHE_DIR`` set by the user is used as it is and kept.
 
-The tests' programs are tiny, so XLA's CPU backend compiles them without LLVM's optimisation
-(``--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true``, unless
-``XLA_FLAGS`` already sets them): the whole suite ran in 3 min 11 s instead of 4 min 22 s on
-2 cores (Table III's preset on mock CIFAR10: 36 s instead of 50 s). The HLO passes, which
-decide what is computed, are untouched (the flags change only the machine code), and every
-test passes with and without them.
+The tests' programs are tiny, so compiling them costs more than running them, and XLA's CPU
+backend compiles them the cheap way with the flags below (README, "Two commands", has the
+times; the few tests that compute much, the shared 2000-step digits run and VGG32's full
+Jacobians, run slower this way, the suite as a whole faster), unless ``XLA_FLAGS`` already sets
+them or this jaxlib's XLA does not know one:
+
+- ``--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true``: no LLVM
+  optimisation of the machine code;
+- ``--xla_cpu_use_fusion_emitters=false``: fused loops emitted by XLA's LLVM IR emitters, not
+  its MLIR fusion emitters, whose per-program set-up dominates a tiny program's compilation.
+  XLA then fuses for those emitters, so values may differ from a default build in the last
+  bits, as between compiler versions.
+
+Every process of the run shares the flags (the subprocesses inherit ``XLA_FLAGS``), so
+results compared across processes are computed alike; every test passes with and without
+them.
+
+The objects the test modules and their imports leave are frozen once collection has finished
+(``gc.freeze``): they live to the end anyway, and each full collection (Python's own, and the
+one a failed command makes, :func:`jacosr.config.run_command`) then skips them instead of
+walking the whole heap of jax, flax and the tests.
 """
 
 import fcntl
+import gc
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -29,19 +47,31 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="jacosr-test-xla-cache-")
     os.environ["JACOSR_TEST_OWNS_CACHE"] = os.environ["JAX_COMPILATION_CACHE_DIR"]
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
-os.environ["XLA_FLAGS"] = " ".join(
-    [os.environ.get("XLA_FLAGS", "")]
-    + [
-        flag
-        for flag in (
-            "--xla_backend_optimization_level=0",
-            "--xla_llvm_disable_expensive_passes=true",
-        )
-        if flag.split("=")[0] not in os.environ.get("XLA_FLAGS", "")
-    ]
-).strip()
 
-from jacosr.config import configure_xla  # after the environment is set
+TEST_XLA_FLAGS = (
+    "--xla_backend_optimization_level=0",
+    "--xla_llvm_disable_expensive_passes=true",
+    "--xla_cpu_use_fusion_emitters=false",
+)
+
+
+def _xla_accepts(flags: list[str]) -> bool:
+    """Whether this jaxlib's XLA takes ``flags``: XLA ends the process on a flag it does not know,
+    and its flags come and go with its versions (the fusion-emitter flag goes with the older
+    emitters). A fresh process that only parses them answers."""
+    parse = "import jaxlib.xla_client as xc; xc.CompileOptions()"
+    env = {**os.environ, "XLA_FLAGS": " ".join(flags)}
+    done = subprocess.run([sys.executable, "-c", parse], env=env, capture_output=True)
+    return done.returncode == 0
+
+
+if not os.environ.get("PYTEST_XDIST_WORKER"):  # the workers inherit what their controller set
+    wanted = [f for f in TEST_XLA_FLAGS if f.split("=")[0] not in os.environ.get("XLA_FLAGS", "")]
+    if wanted and not _xla_accepts(wanted):
+        wanted = [f for f in wanted if _xla_accepts([f])]
+    os.environ["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", ""), *wanted]).strip()
+
+from jacosr.config import configure_xla  # noqa: E402 (after the environment is set)
 
 configure_xla()  # XLA_FLAGS is read once, when jax starts its backend
 
@@ -49,6 +79,12 @@ configure_xla()  # XLA_FLAGS is read once, when jax starts its backend
 # matter of which run drew it.
 settings.register_profile("jacosr", derandomize=True, deadline=None)
 settings.load_profile("jacosr")
+
+
+def pytest_collection_finish(session):
+    """Freeze what collection left (in each xdist worker, which collects for itself)."""
+    gc.collect()
+    gc.freeze()
 
 
 def pytest_sessionfinish(session):
