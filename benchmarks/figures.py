@@ -121,7 +121,7 @@ def main() -> None:
         if done.returncode != 0:
             raise SystemExit(f"{module} {' '.join(flags)} failed:\n{done.stderr[-3000:]}")
         total_wall, total_cpu = total_wall + wall, total_cpu + cpu
-        shown = " ".join(f for f in flags if f != args.data_dir)
+        shown = " ".join("DIR" if f == args.data_dir else f for f in flags)
         print(f"| {label} | `{module} {shown}` | {wall:.0f} | {cpu:.0f} |", flush=True)
     print(f"| all | | {total_wall:.0f} | {total_cpu:.0f} |")
     print(f"load average after: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
