@@ -1,7 +1,8 @@
 """The house rules a newcomer relies on (STYLE.md, issue 18), read off the sources with ``ast``:
 no import cycle in jacosr (function-level imports included), the run format's file name spelled
 in one module, no experiment importing another, the scoring API apart from the training loop,
-no module over 600 lines, no measured figures in jacosr's sources."""
+no module over 600 lines, no measured figures in jacosr's sources; and the tests importing their
+shared helpers as ``helpers``."""
 
 import ast
 import re
@@ -102,5 +103,26 @@ def test_measured_figures_live_in_the_readme_not_in_the_sources():
         for path in MODULES.values()
         for i, line in enumerate(path.read_text().splitlines(), 1)
         if MEASURED.search(line)
+    ]
+    assert found == []
+
+
+def _imported_names(node: ast.AST) -> list[str]:
+    if isinstance(node, ast.Import):
+        return [alias.name for alias in node.names]
+    if isinstance(node, ast.ImportFrom) and not node.level:
+        return [node.module or ""]
+    return []
+
+
+def test_tests_import_their_shared_helpers_as_helpers():
+    """``tests`` is not a package: pytest puts the folder itself on the path, so a test module
+    imports ``helpers``. ``tests.helpers`` only resolves where the repository root happens to
+    be on the path too (some editable installs), and fails to collect in CI."""
+    found = [
+        f"{path.name}: {ast.unparse(node)}"
+        for path in sorted(Path(__file__).parent.glob("*.py"))
+        for node in ast.walk(ast.parse(path.read_text()))
+        if any(n == "tests" or n.startswith("tests.") for n in _imported_names(node))
     ]
     assert found == []
