@@ -83,7 +83,7 @@ from jacosr.runs import (
 )
 from jacosr.step import TrainState, init_train_state, lr_schedule, make_train_dispatch, model_item
 from jacosr.tracking import Tracker, track_samples, tracked_steps
-from jacosr.workdir import Workdir, WorkdirError, open_workdir
+from jacosr.workdir import Workdir, WorkdirError, file_stamp, open_workdir
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -440,21 +440,13 @@ def main(args: list[str] | None = None) -> RunResults:
     parsed = cli(TrainArgs, args=args)
     initialize(parsed.distributed)
     path = parsed.workdir / RESULTS
-
-    def stamp() -> tuple[int, int] | None:  # an atomic write gives the file a new inode
-        try:
-            found = path.stat()
-        except OSError:
-            return None
-        return found.st_ino, found.st_mtime_ns
-
-    before = stamp()
+    before = file_stamp(path)
     if is_writer():
         print(f"on {describe_hardware(hardware())}")
     results = run(parsed.config, parsed.workdir, parsed.evaluation, overwrite=parsed.overwrite)
     if is_writer():
         print(format_table(results.to_json()))
-        if stamp() != before:  # not when run read it back or could not write it
+        if file_stamp(path) != before:  # not when run read it back or could not write it
             print(f"wrote {path}")
     return results
 

@@ -115,6 +115,17 @@ def _write_atomic(path: Path, content: str | Callable[[IO[bytes]], None]) -> Non
         raise
 
 
+def file_stamp(path: Path) -> tuple[int, int] | None:
+    """``path``'s inode and modification time, or None where it is missing: a write (atomic,
+    so a new inode) changes it, so comparing stamps taken before and after a run says whether
+    the run wrote the file (it may have read a finished run back, or been unable to write)."""
+    try:
+        found = path.stat()
+    except OSError:
+        return None
+    return found.st_ino, found.st_mtime_ns
+
+
 def _lock(path: Path) -> int | None:
     """An fd of directory ``path`` holding its exclusive flock, or None if another holds it."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)  # not inherited by child processes

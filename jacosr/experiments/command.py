@@ -53,6 +53,7 @@ from jacosr.data import check_available
 from jacosr.distributed import DistributedConfig, initialize, is_writer
 from jacosr.grids import Grid
 from jacosr.runs import describe_hardware, hardware
+from jacosr.workdir import file_stamp
 
 C = TypeVar("C")
 
@@ -148,9 +149,12 @@ class Command(Generic[C]):
         if is_writer():
             print(f"on {describe_hardware(hardware())}")
         grid = {"spread_runs": parsed.spread_runs} if self.grid else {}
+        paths = [parsed.workdir / name for name in self.outputs]
+        before = [file_stamp(path) for path in paths]
         results = self.run(parsed.config, parsed.workdir, overwrite=parsed.overwrite, **grid)
         if is_writer():
             print(self.summary(results))
-            for name in self.outputs:
-                print(f"wrote {parsed.workdir / name}")
+            for path, stamp in zip(paths, before, strict=True):
+                if file_stamp(path) != stamp:  # not where it could not write (it warned)
+                    print(f"wrote {path}")
         return results
