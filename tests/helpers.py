@@ -1,8 +1,9 @@
-"""What the experiment tests share: the tiny grid they train, and how a refused setting is
-checked."""
+"""What the tests share: the tiny grid the experiment tests train, how a refused setting is
+checked, and which convolutions XLA's CPU backend runs at speed."""
 
 from pathlib import Path
 
+import jax
 import pytest
 
 TINY_GRID = ["--steps", "40", "--log-every", "20", "--checkpoint-every", "40"]
@@ -20,3 +21,18 @@ def refused(main, argv: list[str], workdir: Path, capsys) -> str:
     assert exit_.value.code == 2
     assert not workdir.exists()
     return " ".join(capsys.readouterr().err.replace("│", " ").split())
+
+
+CANONICAL = "dim_numbers = [b, 0, 1, f]x[0, 1, i, o]->[b, 0, 1, f]"
+
+
+def canonical(line: str) -> bool:
+    """Whether a StableHLO convolution is in XLA's canonical form (NHWC input, HWIO kernel, no
+    input dilated by zeros), the one its CPU backend runs at speed inside loops too."""
+    return CANONICAL in line and "lhs_dilate = [1, 1]" in line
+
+
+def convolutions(fn, *args) -> list[str]:
+    """The convolutions of ``fn``'s StableHLO, one line each."""
+    text = jax.jit(fn).lower(*args).as_text()
+    return [line for line in text.splitlines() if "stablehlo.convolution" in line]

@@ -24,10 +24,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from helpers import canonical, convolutions
 from jacobian_nets import batch, cnn, cnn_params, dense_norms, key, mlp, mlp_params, normal
 
 from jacosr import jacobian as jj
 from jacosr.models import ModelConfig, ModelState, OpenSetNet, apply_model, split_model
+from jacosr.models.conv import conv2d
 
 M = 2000  # keys averaged by the stochastic checks
 CHUNK = 250  # keys per vectorised call: bounds the memory of the M calls
@@ -256,6 +258,26 @@ def test_estimator_returns_the_forward_pass_and_its_aux():
     np.testing.assert_allclose(z, want, rtol=1e-6)
     np.testing.assert_allclose(aux["scores"], want.sum(axis=1), rtol=1e-5)
     assert sq.shape == (3,)
+
+
+def test_the_estimates_gradient_runs_canonical_convolutions_only():
+    """The known-class term's gradient through a convolution (3x3 on 5 channels: the
+    convolution path, not the patch matrix) hands XLA canonical convolutions only, the form
+    its CPU backend runs at speed inside the training loop: the JVPs are ``jax.jvp``, whose
+    tangents keep jacosr.models.conv's rules under the outer gradient (``jax.linearize``
+    inlined them, and XLA's own second derivatives ran 50-80x slower in the loop)."""
+    xs = batch((6, 6, 5), n=4)
+    kernel = normal(1, (3, 3, 5, 4))
+
+    def f(kernel, xs):
+        y = conv2d(xs, kernel, stride=1, padding="SAME", impl="im2col")
+        return jnp.tanh(y).reshape(len(xs), -1)
+
+    def term(kernel, xs, k):
+        return jnp.mean(jj.batched_sqnorms(f, xs, k, params=kernel, num_probes=2)[0])
+
+    found = convolutions(jax.grad(term), kernel, xs, key(0))
+    assert found and all(map(canonical, found)), found
 
 
 # Open-space points

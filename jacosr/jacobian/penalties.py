@@ -78,8 +78,12 @@ def batched_sqnorms(
       ...]`` with row ``b`` equal to ``J_b^T v_b``, ``E ||J_b^T v_b||^2 = ||J_b||_F^2``
       (Hoffman, Roberts and Yaida's form).
 
-    The ``k`` probes share one forward pass and one linearisation (the JVP or the pullback is
-    vmapped over them); the estimate is their mean. Being built from ``jax.linearize`` /
+    The ``k`` probes share one forward pass (the JVP or the pullback is vmapped over them, and
+    the primal does not depend on the probe); the estimate is their mean. The input side is
+    ``jax.jvp``, not ``jax.linearize``: linearising would inline the tangent maps' own
+    ``custom_jvp`` rules (:mod:`jacosr.models.conv`), so that ``jax.grad`` of the estimate
+    would differentiate them with JAX's default rules, which XLA's CPU backend runs on a slow
+    path inside the training loop. Being built from ``jax.jvp`` /
     ``jax.vjp``, it is differentiable with respect to ``params``: ``jax.grad`` of a mean of
     estimates is an unbiased estimate of the gradient of the mean squared norm. Why the input
     side by default: both sides cost one pass per probe, but the gradient of the estimate
@@ -144,10 +148,13 @@ def batched_sqnorms(
     g = f if params is None else functools.partial(f, params)
     n, k = xs.shape[0], num_probes
     if side == "input":
-        z, push, *aux = jax.linearize(g, xs, has_aux=has_aux)
-        _check_embedding(z, n)
         u = _probes(probes, key, n, k, xs.shape[1:], xs.dtype)
-        rows = jax.vmap(push, in_axes=1, out_axes=1)(u)  # [N, k, D]
+        z, rows, *aux = jax.vmap(
+            lambda probe: jax.jvp(g, (xs,), (probe,), has_aux=has_aux),
+            in_axes=1,
+            out_axes=(None, 1, *([None] if has_aux else [])),
+        )(u)  # rows: [N, k, D]
+        _check_embedding(z, n)
     else:
         z, pullback, *aux = jax.vjp(g, xs, has_aux=has_aux)
         _check_embedding(z, n)

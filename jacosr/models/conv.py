@@ -45,7 +45,6 @@ derivatives are the fast ones. ``"xla"`` and ``"im2col"`` force one or the other
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -54,6 +53,7 @@ from jax import lax
 from jax.custom_derivatives import SymbolicZero
 
 Padding = tuple[tuple[int, int], tuple[int, int]]
+ConvFn = Callable[[jax.Array, jax.Array, int, Padding], jax.Array]
 
 # He et al. (2015) initialisation in fan-out mode, as torchvision's ResNets and the WRN code.
 he_normal_fan_out = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
@@ -198,27 +198,40 @@ def conv_im2col(x: jax.Array, kernel: jax.Array, stride: int, padding: Padding) 
     return _conv_canonical(x, kernel, stride, padding)
 
 
-@partial(jax.custom_jvp, nondiff_argnums=(2, 3))
-def _conv_canonical(x: jax.Array, kernel: jax.Array, stride: int, padding: Padding) -> jax.Array:
-    """:func:`conv_xla` with the derivatives of the module docstring."""
-    return conv_xla(x, kernel, stride, padding)
+def _bilinear(form: ConvFn) -> ConvFn:
+    """``form`` (one way of writing ``conv(x, K)``) as a ``jax.custom_jvp`` whose tangent is
+    :func:`_conv_input_form` ``(dx, K)`` + :func:`_conv_kernel_form` ``(x, dK)``: the same
+    bilinear map, each term in the form whose transpose is the fast derivative. The terms are
+    such functions too, so derivatives of derivatives keep the fast forms: the gradient of a
+    Jacobian-vector product (the known-class Jacobian term, :mod:`jacosr.jacobian.penalties`)
+    differentiates the tangent ``conv(dx, K)`` in ``K``, which is then the canonical weight
+    gradient with ``dx`` as the input, not JAX's own (XLA's slow path inside loops); and the
+    value of ``conv(dx, K)`` there is computed in the canonical form, not in the HWOI form
+    whose transpose is canonical (the two compute the same values; inside a loop XLA's CPU
+    backend runs the HWOI form many times slower)."""
+    fn = jax.custom_jvp(form, nondiff_argnums=(2, 3))
+
+    def jvp(stride, padding, primals, tangents):
+        x, kernel = primals
+        dx, dkernel = tangents
+        y = _conv_canonical(x, kernel, stride, padding)  # the same values, the fast form
+        terms = []
+        if not isinstance(dx, SymbolicZero):
+            terms.append(_conv_input_form(dx, kernel, stride, padding))
+        if not isinstance(dkernel, SymbolicZero):
+            terms.append(_conv_kernel_form(x, dkernel, stride, padding))
+        dy = sum(terms[1:], terms[0]) if terms else jnp.zeros_like(y)
+        return y, dy
+
+    fn.defjvp(jvp, symbolic_zeros=True)
+    return fn
 
 
-@partial(_conv_canonical.defjvp, symbolic_zeros=True)
-def _conv_canonical_jvp(stride, padding, primals, tangents):
-    x, kernel = primals
-    dx, dkernel = tangents
-    y = conv_xla(x, kernel, stride, padding)
-    terms = []
-    if not isinstance(dx, SymbolicZero):
-        terms.append(_input_tangent(dx, kernel, stride, padding))
-    if not isinstance(dkernel, SymbolicZero):
-        terms.append(_kernel_tangent(x, dkernel, stride, padding))
-    dy = sum(terms[1:], terms[0]) if terms else jnp.zeros_like(y)
-    return y, dy
+_conv_canonical = _bilinear(conv_xla)
+""":func:`conv_xla` with the derivatives of the module docstring."""
+_conv_input_form = _bilinear(_input_tangent)
+_conv_kernel_form = _bilinear(_kernel_tangent)
 
-
-ConvFn = Callable[[jax.Array, jax.Array, int, Padding], jax.Array]
 
 CONV_IMPLS: dict[str, ConvFn] = {"xla": conv_xla, "im2col": conv_im2col}
 
