@@ -84,3 +84,15 @@ def dense_jacobians(f, params, xs: jax.Array) -> jax.Array:
 def dense_norms(f, params, xs) -> np.ndarray:
     """``[B]`` reference ``||J||_F`` from the dense Jacobians."""
     return np.linalg.norm(np.asarray(dense_jacobians(f, params, xs)), axis=(1, 2))
+
+
+def theoretical_variance(a: np.ndarray, probes: str) -> float:
+    """Per-probe variance of Hutchinson's estimate of ``tr(A)`` for a symmetric ``A`` (the
+    closed forms: Gaussian ``2 ||A||_F^2``, Rademacher without the diagonal, uniform on the
+    sphere of radius ``sqrt(n)``)."""
+    fro2, n = np.sum(a**2), a.shape[0]
+    return {
+        "gaussian": 2 * fro2,
+        "rademacher": 2 * (fro2 - np.sum(np.diag(a) ** 2)),
+        "sphere": 2 * n / (n + 2) * (fro2 - np.trace(a) ** 2 / n),
+    }[probes]

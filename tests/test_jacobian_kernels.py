@@ -20,6 +20,7 @@ from jacobian_nets import (
     mlp_params,
     normal,
     relu_mlp,
+    theoretical_variance,
 )
 
 from jacosr import jacobian as jj
@@ -143,15 +144,6 @@ def operator(params, x, side) -> np.ndarray:
     """A with ||J||_F^2 = tr(A): J J^T (output-side probes) or J^T J (input-side probes)."""
     j = np.asarray(dense_jacobians(mlp, params, x[None])[0], np.float64)
     return j @ j.T if side == "output" else j.T @ j
-
-
-def theoretical_variance(a, probes):
-    fro2, n = np.sum(a**2), a.shape[0]
-    return {
-        "gaussian": 2 * fro2,
-        "rademacher": 2 * (fro2 - np.sum(np.diag(a) ** 2)),
-        "sphere": 2 * n / (n + 2) * (fro2 - np.trace(a) ** 2 / n),
-    }[probes]
 
 
 @pytest.mark.parametrize("probes", sorted(jj.PROBES))

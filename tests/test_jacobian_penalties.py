@@ -25,7 +25,17 @@ import numpy as np
 import pytest
 from flax import nnx
 from helpers import canonical, convolutions
-from jacobian_nets import batch, cnn, cnn_params, dense_norms, key, mlp, mlp_params, normal
+from jacobian_nets import (
+    batch,
+    cnn,
+    cnn_params,
+    dense_norms,
+    key,
+    mlp,
+    mlp_params,
+    normal,
+    theoretical_variance,
+)
 
 from jacosr import jacobian as jj
 from jacosr.models import ModelConfig, ModelState, OpenSetNet, apply_model, split_model
@@ -114,16 +124,6 @@ def test_estimate_is_unbiased_for_the_exact_squared_norm(net, num_probes, side):
     params, xs = make_params(0), batch(shape, n=3)
     draws = estimates(f, params, xs, jax.random.split(key(num_probes), M), num_probes, side)
     assert_unbiased(draws, dense_sqnorms(net, params, xs))
-
-
-def theoretical_variance(a: np.ndarray, probes: str) -> float:
-    """Per-probe variance of Hutchinson's estimate of ``tr(A)`` (see the kernels' tests)."""
-    fro2, n = np.sum(a**2), a.shape[0]
-    return {
-        "gaussian": 2 * fro2,
-        "rademacher": 2 * (fro2 - np.sum(np.diag(a) ** 2)),
-        "sphere": 2 * n / (n + 2) * (fro2 - np.trace(a) ** 2 / n),
-    }[probes]
 
 
 @pytest.mark.parametrize("side", jj.SIDES)
