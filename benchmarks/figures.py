@@ -36,7 +36,8 @@ from pathlib import Path
 
 MNIST_STEPS = "200"
 """Training steps of every MNIST run: about 10 epochs of the 2,400 known training images of
-mnist5k at batch 128, where LeNet's closed-set accuracy has settled (above 0.99)."""
+mnist5k at batch 128, where LeNet's closed-set accuracy has settled (the README's MNIST
+column)."""
 MNIST_MEASURE = ["--track-samples", "200", "--track-probes", "8"]
 """How the MNIST models are measured (tracked runs, and the final models of Figs. 6 and 12):
 200 known-test and 200 unknown-test samples, Hutchinson's estimator with 8 probes (exact norms

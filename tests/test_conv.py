@@ -145,7 +145,8 @@ def test_gradients_of_jacobian_vector_products_are_canonical(k, stride, padding,
     gradient of ``||J u||^2`` in the input and the kernel, through a nonlinearity. Its values
     equal plain convolution's, and every convolution of the program, the JVP's value among
     them, is canonical too (XLA's own forms of these second derivatives, and the JVP in the
-    HWOI form whose transpose is canonical, ran 50-80x slower inside the training loop)."""
+    HWOI form whose transpose is canonical, ran many times slower inside the training loop;
+    README, "Speed")."""
     x, kernel, rng = _inputs(0, k, h, w, ci)
     u = rng.standard_normal(x.shape, dtype=np.float32)
 

@@ -265,7 +265,7 @@ def test_the_estimates_gradient_runs_canonical_convolutions_only():
     convolution path, not the patch matrix) hands XLA canonical convolutions only, the form
     its CPU backend runs at speed inside the training loop: the JVPs are ``jax.jvp``, whose
     tangents keep jacosr.models.conv's rules under the outer gradient (``jax.linearize``
-    inlined them, and XLA's own second derivatives ran 50-80x slower in the loop)."""
+    inlined them, and XLA's own second derivatives ran many times slower in the loop)."""
     xs = batch((6, 6, 5), n=4)
     kernel = normal(1, (3, 3, 5, 4))
 
